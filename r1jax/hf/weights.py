@@ -1,0 +1,206 @@
+"""Read and write Hugging Face safetensors checkpoints (single file or sharded with an index).
+
+Loading never builds a full host copy of the model: each device's slice of each parameter is read
+straight from the memory-mapped safetensors file by ``jax.make_array_from_callback``, in the layout
+the mesh and rules table give it. Saving writes one shard at a time, from process 0.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from typing import Any, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from r1jax.hf.config_io import CheckpointError, load_config, save_config
+from r1jax.hf.tensor_map import TensorMap, ignorable, tensor_maps
+from r1jax.models import ModelConfig, param_shardings
+from r1jax.sharding import DEFAULT_RULES, Rules, Sharding
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3
+
+
+def _weight_files(checkpoint_dir: str) -> dict[str, str]:
+    """Map every tensor name to the file holding it, checking that every listed file exists."""
+    index_path = os.path.join(checkpoint_dir, INDEX_FILE)
+    if os.path.isfile(index_path):
+        try:
+            with open(index_path, encoding="utf-8") as f:
+                weight_map = json.load(f)["weight_map"]
+        except (json.JSONDecodeError, KeyError) as e:
+            raise CheckpointError(f"{index_path}: expected JSON with a 'weight_map' ({e!r})") from None
+        for file in sorted(set(weight_map.values())):
+            if not os.path.isfile(os.path.join(checkpoint_dir, file)):
+                raise FileNotFoundError(
+                    f"{index_path}: lists shard {file!r}, which is missing from {checkpoint_dir}"
+                )
+        return {name: os.path.join(checkpoint_dir, file) for name, file in weight_map.items()}
+    files = sorted(f for f in os.listdir(checkpoint_dir) if f.endswith(".safetensors"))
+    if not files:
+        present = ", ".join(sorted(os.listdir(checkpoint_dir))) or "nothing"
+        raise FileNotFoundError(
+            f"{checkpoint_dir}: no {SINGLE_FILE} or {INDEX_FILE} (found: {present}); "
+            "r1jax reads safetensors checkpoints only"
+        )
+    names: dict[str, str] = {}
+    for file in files:
+        path = os.path.join(checkpoint_dir, file)
+        with safe_open(path, framework="np") as f:
+            for name in f.keys():
+                names[name] = path
+    return names
+
+
+def _param_at(params: Any, path: tuple[str, ...]):
+    for key in path:
+        params = params[key]
+    return params
+
+
+def _set_param(params: dict, path: tuple[str, ...], value) -> None:
+    for key in path[:-1]:
+        params = params.setdefault(key, {})
+    params[path[-1]] = value
+
+
+def _check_tensors(cfg: ModelConfig, maps: list[TensorMap], files: dict[str, str],
+                   handles: dict[str, Any]) -> None:
+    """Every expected tensor present with the expected shape; nothing unknown left over."""
+    expected = set()
+    for m in maps:
+        for name in m.hf_names(cfg.num_layers):
+            expected.add(name)
+            if name not in files:
+                raise CheckpointError(
+                    f"tensor {name!r} (r1jax {'/'.join(m.path)}) is missing from the checkpoint "
+                    f"files {sorted(set(files.values()))}; expected shape {list(m.hf_shape)}"
+                )
+            shape = tuple(handles[files[name]].get_slice(name).get_shape())
+            if shape != m.hf_shape:
+                raise CheckpointError(
+                    f"{files[name]}: tensor {name!r} has shape {list(shape)}, but config.json "
+                    f"implies {list(m.hf_shape)}"
+                )
+    unknown = sorted(n for n in files if n not in expected and not ignorable(n, cfg))
+    if unknown:
+        raise CheckpointError(
+            f"{files[unknown[0]]}: tensors the {cfg.model_type} decoder has no place for, e.g. "
+            f"{unknown[:5]}; refusing to drop weights silently"
+        )
+
+
+def load_pretrained(
+    path: str,
+    *,
+    mesh: jax.sharding.Mesh | None = None,
+    dtype: str | None = None,
+    rules: Rules = DEFAULT_RULES,
+) -> tuple[ModelConfig, Any]:
+    """Read ``config.json`` and the safetensors weights of a Hugging Face checkpoint directory.
+
+    With ``mesh``, each parameter is placed in its sharded layout (by ``rules``) as it is read;
+    without, on the default device. ``dtype`` (e.g. ``"bfloat16"``) overrides the stored dtype.
+    """
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"checkpoint directory {path!r} does not exist")
+    cfg = load_config(path, dtype)
+    maps = tensor_maps(cfg)
+    files = _weight_files(path)
+    if mesh is not None:
+        shardings = param_shardings(cfg, Sharding(mesh, rules))
+    else:
+        single_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    np_dtype = np.dtype(jnp.dtype(cfg.param_dtype))
+    params: dict = {}
+    with contextlib.ExitStack() as stack:
+        handles = {f: stack.enter_context(safe_open(f, framework="np"))
+                   for f in sorted(set(files.values()))}
+        _check_tensors(cfg, maps, files, handles)
+        for m in maps:
+            names = m.hf_names(cfg.num_layers)
+            slices = [handles[files[n]].get_slice(n) for n in names]
+            shape = (cfg.num_layers, *m.shape) if m.stacked else m.shape
+            sharding = single_device if mesh is None else _param_at(shardings, m.path)
+            _set_param(params, m.path, _read_sharded(m, slices, shape, sharding, np_dtype))
+    return cfg, params
+
+
+def _read_sharded(m: TensorMap, slices: list, shape, sharding, np_dtype) -> jax.Array:
+    seen: dict[tuple, np.ndarray] = {}  # replicated shards: read each distinct region once
+
+    def read(index: tuple[slice, ...]) -> np.ndarray:
+        index = tuple(index) + (slice(None),) * (len(shape) - len(index))
+        key = tuple(s.indices(d) for s, d in zip(index, shape))
+        if key not in seen:
+            if m.stacked:
+                layers = range(*index[0].indices(shape[0]))
+                region = np.stack([m.read(slices[i], index[1:]) for i in layers])
+            else:
+                region = m.read(slices[0], index)
+            seen[key] = region.astype(np_dtype, copy=False)
+        return seen[key]
+
+    return jax.make_array_from_callback(shape, sharding, read)
+
+
+def _fetch(x: jax.Array) -> np.ndarray:
+    if x.is_fully_addressable:
+        return np.asarray(jax.device_get(x))
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def _hf_tensors(cfg: ModelConfig) -> Iterator[tuple[str, TensorMap, int | None]]:
+    for m in tensor_maps(cfg):
+        for i, name in enumerate(m.hf_names(cfg.num_layers)):
+            yield name, m, (i if m.stacked else None)
+
+
+def save_pretrained(path: str, cfg: ModelConfig, params: Any, *,
+                    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> None:
+    """Write ``config.json`` and safetensors weights that ``transformers`` loads.
+
+    Tensors are written in the parameters' dtype; more than ``max_shard_bytes`` of weights are split
+    into ``model-0000k-of-0000n.safetensors`` files with an index. Every process must call this
+    (sharded parameters are gathered collectively); only process 0 writes.
+    """
+    writer = jax.process_index() == 0
+    entries = list(_hf_tensors(cfg))
+    shards: list[list[tuple[str, TensorMap, int | None]]] = [[]]
+    size = 0
+    for entry in entries:
+        m = entry[1]
+        nbytes = int(np.prod(m.hf_shape)) * _param_at(params, m.path).dtype.itemsize
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(entry)
+        size += nbytes
+    if writer:
+        os.makedirs(path, exist_ok=True)
+        save_config(path, cfg)
+    files = [SINGLE_FILE] if len(shards) == 1 else [
+        f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors" for k in range(len(shards))]
+    weight_map, total = {}, 0
+    for file, shard in zip(files, shards):
+        tensors = {}
+        for name, m, layer in shard:
+            value = _param_at(params, m.path)
+            value = _fetch(value if layer is None else value[layer])
+            tensors[name] = m.to_hf(value)
+            weight_map[name] = file
+            total += tensors[name].nbytes
+        if writer:
+            tmp = os.path.join(path, file + ".tmp")
+            save_file(tensors, tmp, metadata={"format": "pt"})
+            os.replace(tmp, os.path.join(path, file))
+    if writer and len(files) > 1:
+        with open(os.path.join(path, INDEX_FILE), "w", encoding="utf-8") as f:
+            json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)

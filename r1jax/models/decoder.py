@@ -1,0 +1,230 @@
+"""The decoder (Llama 3.x / Qwen2 / Qwen2.5 / Qwen3) and its functional API.
+
+Layers are stacked with ``nn.scan`` so a 80-layer model compiles as fast as a 2-layer one; every
+parameter carries logical axis names (with a leading ``layers`` axis inside the stack). The forward
+returns the final hidden states and the LM head separately, so that token log-probs can be computed
+blockwise (``kernels.token_logprobs``) without materializing ``[tokens × vocab]`` logits.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from r1jax.models.config import ModelConfig
+from r1jax.models.layers import MLP, Attention, RMSNorm, _param, attention_weights_mask
+from r1jax.sharding import Sharding, constrain, logical_axes_of
+
+Params = Any
+
+_REMAT_POLICIES = {
+    "full": None,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: ``x + attn(norm(x))``, then ``x + mlp(norm(x))``."""
+
+    cfg: ModelConfig
+    sharding: Sharding | None = None
+
+    @nn.compact
+    def __call__(self, x_BxLxD, positions_BxL, mask_BxLxS, cache_index, kv_cache):
+        cfg = self.cfg
+        norm = lambda name: RMSNorm(cfg.rms_norm_eps, "embed", cfg.weight_dtype, name=name)  # noqa: E731
+        attn_out, new_cache = Attention(cfg, self.sharding, name="attn")(
+            norm("attn_norm")(x_BxLxD), positions_BxL, mask_BxLxS, kv_cache, cache_index
+        )
+        x_BxLxD = x_BxLxD + attn_out
+        x_BxLxD = x_BxLxD + MLP(cfg, self.sharding, name="mlp")(norm("mlp_norm")(x_BxLxD))
+        return constrain(x_BxLxD, ("batch", "length", "act_embed"), self.sharding), new_cache
+
+
+class Decoder(nn.Module):
+    """Token embedding → ``num_layers`` blocks → final RMSNorm; returns (hidden, lm_head, cache)."""
+
+    cfg: ModelConfig
+    sharding: Sharding | None = None
+
+    @nn.compact
+    def __call__(self, tokens_BxL, positions_BxL, mask_BxLxS, cache_index=None, kv_cache=None):
+        cfg = self.cfg
+        init = nn.initializers.normal(stddev=0.02)
+        embedding_VxD = _param(self, "embedding", init, (cfg.vocab_size, cfg.hidden_size),
+                               ("vocab", "embed"), cfg.weight_dtype)
+        x_BxLxD = jnp.take(embedding_VxD, tokens_BxL, axis=0).astype(cfg.activation_dtype)
+        x_BxLxD = constrain(x_BxLxD, ("batch", "length", "act_embed"), self.sharding)
+
+        block = Block
+        if cfg.remat != "none":
+            block = nn.remat(Block, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
+        layers = nn.scan(
+            block,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0),
+            length=cfg.num_layers,
+            unroll=min(cfg.scan_unroll, cfg.num_layers),
+            metadata_params={nn.PARTITION_NAME: "layers"},
+        )
+        x_BxLxD, new_cache = layers(cfg, self.sharding, name="layers")(
+            x_BxLxD, positions_BxL, mask_BxLxS, cache_index, kv_cache
+        )
+        hidden_BxLxD = RMSNorm(cfg.rms_norm_eps, "embed", cfg.weight_dtype, name="final_norm")(
+            x_BxLxD
+        )
+        if cfg.tie_embeddings:
+            lm_head_DxV = embedding_VxD.T
+        else:
+            lm_head_DxV = _param(self, "lm_head", init, (cfg.hidden_size, cfg.vocab_size),
+                                 ("embed", "vocab"), cfg.weight_dtype)
+        return hidden_BxLxD, lm_head_DxV, new_cache
+
+
+@flax.struct.dataclass
+class KVCache:
+    """Keys and values of every layer, which slots hold real tokens, and the next write slot."""
+
+    keys_YxBxSxKxE: jax.Array
+    values_YxBxSxKxE: jax.Array
+    valid_BxS: jax.Array
+    index: jax.Array
+
+    @property
+    def max_length(self) -> int:
+        return self.valid_BxS.shape[1]
+
+    @property
+    def batch_size(self) -> int:
+        return self.valid_BxS.shape[0]
+
+
+CACHE_AXES = ("layers", "batch", "cache_length", "act_kv_heads", None)
+
+
+def init_cache(cfg: ModelConfig, batch_size: int, max_length: int, dtype=None) -> KVCache:
+    """An empty cache of ``max_length`` slots (``dtype`` defaults to the activation dtype)."""
+    shape = (cfg.num_layers, batch_size, max_length, cfg.num_kv_heads, cfg.head_dim)
+    dtype = cfg.activation_dtype if dtype is None else dtype
+    return KVCache(
+        keys_YxBxSxKxE=jnp.zeros(shape, dtype),
+        values_YxBxSxKxE=jnp.zeros(shape, dtype),
+        valid_BxS=jnp.zeros((batch_size, max_length), bool),
+        index=jnp.zeros((), jnp.int32),
+    )
+
+
+class ForwardOutput(NamedTuple):
+    hidden_BxLxD: jax.Array
+    lm_head_DxV: jax.Array
+    cache: KVCache | None
+
+
+def positions_from_mask(attention_mask_BxL, offset_B=None):
+    """Position of each real token = number of real tokens before it (left padding skipped)."""
+    positions_BxL = jnp.cumsum(attention_mask_BxL.astype(jnp.int32), axis=1) - 1
+    if offset_B is not None:
+        positions_BxL = positions_BxL + offset_B[:, None]
+    return jnp.maximum(positions_BxL, 0)
+
+
+def forward(
+    cfg: ModelConfig,
+    params: Params,
+    tokens_BxL: jax.Array,
+    *,
+    attention_mask_BxL: jax.Array | None = None,
+    positions_BxL: jax.Array | None = None,
+    segment_ids_BxL: jax.Array | None = None,
+    cache: KVCache | None = None,
+    sharding: Sharding | None = None,
+) -> ForwardOutput:
+    """Run the decoder on ``tokens_BxL``.
+
+    ``attention_mask_BxL`` marks real tokens (left padding is 0). Positions default to the count of
+    real tokens before each one, continuing from the cache when one is given. ``segment_ids_BxL``
+    confines attention to tokens of the same packed example (positions must then be given).
+    With ``cache``, the new tokens are written at ``cache.index`` and attend to every valid slot
+    before them; the updated cache is returned.
+    """
+    batch, length = tokens_BxL.shape
+    if attention_mask_BxL is None:
+        mask_BxL = jnp.ones((batch, length), bool)
+    else:
+        mask_BxL = attention_mask_BxL.astype(bool)
+    model = Decoder(cfg, sharding)
+    variables = {"params": params}
+
+    if cache is None:
+        if positions_BxL is None:
+            positions_BxL = positions_from_mask(mask_BxL)
+        segments = None if segment_ids_BxL is None else (segment_ids_BxL, segment_ids_BxL)
+        query_slots_BxL = jnp.broadcast_to(jnp.arange(length), (batch, length))
+        weights_mask = attention_weights_mask(query_slots_BxL, mask_BxL, segments)
+        hidden, lm_head, _ = model.apply(variables, tokens_BxL, positions_BxL, weights_mask)
+        return ForwardOutput(hidden, lm_head, None)
+
+    if segment_ids_BxL is not None:
+        raise ValueError("segment_ids_BxL (packing) is for training forwards, not cached decoding")
+    if cache.batch_size != batch:
+        raise ValueError(f"cache holds {cache.batch_size} sequences but tokens have {batch}")
+    if positions_BxL is None:
+        positions_BxL = positions_from_mask(mask_BxL, cache.valid_BxS.sum(axis=1))
+    valid_BxS = jax.lax.dynamic_update_slice(cache.valid_BxS, mask_BxL, (0, cache.index))
+    query_slots_BxL = cache.index + jnp.broadcast_to(jnp.arange(length), (batch, length))
+    weights_mask = attention_weights_mask(query_slots_BxL, valid_BxS)
+    hidden, lm_head, (keys, values) = model.apply(
+        variables, tokens_BxL, positions_BxL, weights_mask, cache.index,
+        (cache.keys_YxBxSxKxE, cache.values_YxBxSxKxE),
+    )
+    new_cache = KVCache(keys, values, valid_BxS, cache.index + length)
+    return ForwardOutput(hidden, lm_head, new_cache)
+
+
+def logits(cfg: ModelConfig, params: Params, tokens_BxL, attention_mask_BxL=None, **kwargs):
+    """Float32 logits ``[B, L, V]`` (a convenience for tests and evaluation; training and rollout
+    use the hidden states and LM head directly)."""
+    out = forward(cfg, params, tokens_BxL, attention_mask_BxL=attention_mask_BxL, **kwargs)
+    return jnp.einsum("bld,dv->blv", out.hidden_BxLxD, out.lm_head_DxV,
+                      preferred_element_type=jnp.float32)
+
+
+def _init_boxed(cfg: ModelConfig, rng: jax.Array):
+    tokens = jnp.zeros((1, 1), jnp.int32)
+    mask = jnp.ones((1, 1, 1), bool)
+    return Decoder(cfg).init(rng, tokens, jnp.zeros((1, 1), jnp.int32), mask)["params"]
+
+
+def init(cfg: ModelConfig, rng: jax.Array) -> Params:
+    """Randomly initialized parameters (plain arrays, unsharded)."""
+    return nn.meta.unbox(_init_boxed(cfg, rng))
+
+
+def param_logical_axes(cfg: ModelConfig) -> Params:
+    """A tree like the params holding each parameter's logical ``PartitionSpec``."""
+    return logical_axes_of(jax.eval_shape(lambda: _init_boxed(cfg, jax.random.key(0))))
+
+
+def param_shapes(cfg: ModelConfig) -> Params:
+    """``ShapeDtypeStruct`` of every parameter, without allocating anything."""
+    return jax.eval_shape(lambda: init(cfg, jax.random.key(0)))
+
+
+def param_shardings(cfg: ModelConfig, sharding: Sharding) -> Params:
+    """``NamedSharding`` of every parameter under ``sharding``'s mesh and rules."""
+    return sharding.tree(param_logical_axes(cfg), param_shapes(cfg))
+
+
+def init_sharded(cfg: ModelConfig, rng: jax.Array, sharding: Sharding) -> Params:
+    """Parameters created directly in their sharded layout (never materialized whole)."""
+    return jax.jit(lambda r: init(cfg, r), out_shardings=param_shardings(cfg, sharding))(rng)
+
+
+def count_params(cfg: ModelConfig) -> int:
+    """Number of parameters (tied embeddings counted once)."""
+    return sum(x.size for x in jax.tree.leaves(param_shapes(cfg)))

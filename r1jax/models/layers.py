@@ -1,0 +1,171 @@
+"""Building blocks of the decoder: RMSNorm, rotary embeddings, grouped-query attention, SwiGLU.
+
+Shape legend (used in every array name of ``r1jax.models``):
+B batch · L new tokens · S key/cache slots · D model width · H query heads · K KV heads ·
+G query heads per KV head · E head dim · F MLP width · V vocabulary · Y layers.
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from r1jax.models.config import ModelConfig, RopeScaling
+from r1jax.sharding import Sharding, constrain
+
+# Large-but-finite so that a fully masked row (a left-pad query) gives a uniform softmax, not NaN.
+MASK_VALUE = float(np.finfo(np.float32).min)
+
+
+def _param(module: nn.Module, name: str, init, shape, axes, dtype):
+    return module.param(name, nn.with_logical_partitioning(init, axes), shape, dtype)
+
+
+class RMSNorm(nn.Module):
+    """``y = x / sqrt(mean(x²) + eps) * scale``, computed in float32."""
+
+    eps: float
+    axis_name: str = "embed"
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        scale = _param(self, "scale", nn.initializers.ones, (x.shape[-1],), (self.axis_name,),
+                       self.param_dtype)
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
+        return (y * scale.astype(jnp.float32)).astype(x.dtype)
+
+
+def rope_inverse_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None) -> np.ndarray:
+    """``θ^(-2i/E)`` for ``i < E/2``, with Llama 3's frequency-dependent scaling when given.
+
+    Llama 3 scaling keeps high frequencies (wavelength < original_context / high_freq_factor),
+    divides low frequencies (wavelength > original_context / low_freq_factor) by ``factor``, and
+    interpolates smoothly between the two.
+    """
+    inv_freq = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
+    if scaling is None:
+        return inv_freq.astype(np.float32)
+    old_context = scaling.original_max_position_embeddings
+    wavelen = 2 * np.pi / inv_freq
+    low_freq_wavelen = old_context / scaling.low_freq_factor
+    high_freq_wavelen = old_context / scaling.high_freq_factor
+    scaled = np.where(wavelen > low_freq_wavelen, inv_freq / scaling.factor, inv_freq)
+    smooth = (old_context / wavelen - scaling.low_freq_factor) / (
+        scaling.high_freq_factor - scaling.low_freq_factor
+    )
+    smoothed = (1 - smooth) * scaled / scaling.factor + smooth * scaled
+    is_medium = (wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen)
+    return np.where(is_medium, smoothed, scaled).astype(np.float32)
+
+
+def apply_rope(x_BxLxNxE, positions_BxL, inv_freq_Eh):
+    """Rotate the two halves of each head (the Hugging Face "rotate_half" layout)."""
+    angles_BxLxEh = positions_BxL.astype(jnp.float32)[..., None] * inv_freq_Eh
+    cos = jnp.cos(angles_BxLxEh)[:, :, None, :]
+    sin = jnp.sin(angles_BxLxEh)[:, :, None, :]
+    x = x_BxLxNxE.astype(jnp.float32)
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x_BxLxNxE.dtype)
+
+
+def attention_weights_mask(query_slots_BxL, key_valid_BxS, segment_ids=None):
+    """Causal ∧ key-valid (∧ same segment) mask ``[B, L, S]``: query at slot q sees keys ≤ q."""
+    key_slots_S = jnp.arange(key_valid_BxS.shape[1])
+    causal_BxLxS = key_slots_S[None, None, :] <= query_slots_BxL[:, :, None]
+    mask_BxLxS = causal_BxLxS & key_valid_BxS[:, None, :]
+    if segment_ids is not None:
+        query_seg_BxL, key_seg_BxS = segment_ids
+        mask_BxLxS &= query_seg_BxL[:, :, None] == key_seg_BxS[:, None, :]
+    return mask_BxLxS
+
+
+def dot_product_attention(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE, mask_BxLxS):
+    """Grouped-query softmax attention, logits and softmax in float32."""
+    batch, length, num_heads, head_dim = q_BxLxHxE.shape
+    num_kv = k_BxSxKxE.shape[2]
+    q_BxLxKxGxE = q_BxLxHxE.reshape(batch, length, num_kv, num_heads // num_kv, head_dim)
+    scores_BxKxGxLxS = jnp.einsum(
+        "blkge,bske->bkgls", q_BxLxKxGxE, k_BxSxKxE, preferred_element_type=jnp.float32
+    ) * (head_dim ** -0.5)
+    scores_BxKxGxLxS = jnp.where(mask_BxLxS[:, None, None], scores_BxKxGxLxS, MASK_VALUE)
+    probs = jax.nn.softmax(scores_BxKxGxLxS, axis=-1).astype(v_BxSxKxE.dtype)
+    out_BxLxKxGxE = jnp.einsum("bkgls,bske->blkge", probs, v_BxSxKxE)
+    return out_BxLxKxGxE.reshape(batch, length, num_heads, head_dim)
+
+
+class Attention(nn.Module):
+    """Grouped-query attention with RoPE, optional q/k/v bias (Qwen2) and q/k RMSNorm (Qwen3)."""
+
+    cfg: ModelConfig
+    sharding: Sharding | None = None
+
+    @nn.compact
+    def __call__(self, x_BxLxD, positions_BxL, mask_BxLxS, kv_cache=None, cache_index=None):
+        cfg = self.cfg
+        dtype, pdtype = cfg.activation_dtype, cfg.weight_dtype
+        init = nn.initializers.normal(stddev=0.02)
+
+        def project(name, num, axes_name):
+            kernel = _param(self, f"{name}_kernel", init, (cfg.hidden_size, num, cfg.head_dim),
+                            ("embed", axes_name, "head_dim"), pdtype)
+            y = jnp.einsum("bld,dne->blne", x_BxLxD, kernel.astype(dtype))
+            if cfg.qkv_bias:
+                bias = _param(self, f"{name}_bias", nn.initializers.zeros, (num, cfg.head_dim),
+                              (axes_name, "head_dim"), pdtype)
+                y = y + bias.astype(dtype)
+            return y
+
+        q_BxLxHxE = project("q", cfg.num_heads, "heads")
+        k_BxLxKxE = project("k", cfg.num_kv_heads, "kv_heads")
+        v_BxLxKxE = project("v", cfg.num_kv_heads, "kv_heads")
+        if cfg.qk_norm:
+            q_BxLxHxE = RMSNorm(cfg.rms_norm_eps, "head_dim", pdtype, name="q_norm")(q_BxLxHxE)
+            k_BxLxKxE = RMSNorm(cfg.rms_norm_eps, "head_dim", pdtype, name="k_norm")(k_BxLxKxE)
+
+        inv_freq = jnp.asarray(rope_inverse_frequencies(cfg.head_dim, cfg.rope_theta,
+                                                        cfg.rope_scaling))
+        q_BxLxHxE = apply_rope(q_BxLxHxE, positions_BxL, inv_freq)
+        k_BxLxKxE = apply_rope(k_BxLxKxE, positions_BxL, inv_freq)
+        q_BxLxHxE = constrain(q_BxLxHxE, ("batch", "length", "act_heads", None), self.sharding)
+
+        if kv_cache is None:
+            keys_BxSxKxE, values_BxSxKxE, new_cache = k_BxLxKxE, v_BxLxKxE, None
+        else:
+            cache_k, cache_v = kv_cache
+            at = (0, cache_index, 0, 0)
+            keys_BxSxKxE = jax.lax.dynamic_update_slice(cache_k, k_BxLxKxE.astype(cache_k.dtype), at)
+            values_BxSxKxE = jax.lax.dynamic_update_slice(cache_v, v_BxLxKxE.astype(cache_v.dtype),
+                                                          at)
+            new_cache = (keys_BxSxKxE, values_BxSxKxE)
+
+        out_BxLxHxE = dot_product_attention(q_BxLxHxE, keys_BxSxKxE.astype(dtype),
+                                            values_BxSxKxE.astype(dtype), mask_BxLxS)
+        o_kernel = _param(self, "o_kernel", init, (cfg.num_heads, cfg.head_dim, cfg.hidden_size),
+                          ("heads", "head_dim", "embed"), pdtype)
+        out_BxLxD = jnp.einsum("blhe,hed->bld", out_BxLxHxE, o_kernel.astype(dtype))
+        return out_BxLxD, new_cache
+
+
+class MLP(nn.Module):
+    """SwiGLU: ``down(silu(gate(x)) * up(x))``."""
+
+    cfg: ModelConfig
+    sharding: Sharding | None = None
+
+    @nn.compact
+    def __call__(self, x_BxLxD):
+        cfg = self.cfg
+        dtype, pdtype = cfg.activation_dtype, cfg.weight_dtype
+        init = nn.initializers.normal(stddev=0.02)
+        shape_in, shape_out = (cfg.hidden_size, cfg.intermediate_size), (cfg.intermediate_size,
+                                                                          cfg.hidden_size)
+        gate = _param(self, "gate_kernel", init, shape_in, ("embed", "mlp"), pdtype)
+        up = _param(self, "up_kernel", init, shape_in, ("embed", "mlp"), pdtype)
+        down = _param(self, "down_kernel", init, shape_out, ("mlp", "embed"), pdtype)
+        h_BxLxF = jax.nn.silu(x_BxLxD @ gate.astype(dtype)) * (x_BxLxD @ up.astype(dtype))
+        h_BxLxF = constrain(h_BxLxF, ("batch", "length", "act_mlp"), self.sharding)
+        return h_BxLxF @ down.astype(dtype)
