@@ -20,10 +20,12 @@ from r1jax.models.decoder import (
     param_shapes,
     param_shardings,
     positions_from_mask,
+    unstack_layers,
 )
 
 __all__ = [
     "CACHE_AXES", "Decoder", "ForwardOutput", "KVCache", "ModelConfig", "PRESETS", "RopeScaling",
     "count_params", "forward", "get_config", "init", "init_cache", "init_sharded", "logits",
     "param_logical_axes", "param_shapes", "param_shardings", "positions_from_mask",
+    "unstack_layers",
 ]

@@ -34,64 +34,89 @@ class Block(nn.Module):
     sharding: Sharding | None = None
 
     @nn.compact
-    def __call__(self, x_BxLxD, positions_BxL, mask_BxLxS, cache_index, kv_cache):
+    def __call__(self, x_BxLxD, positions_BxL, mask_BxLxS, cache_index=None, kv_cache=None):
         cfg = self.cfg
         norm = lambda name: RMSNorm(cfg.rms_norm_eps, "embed", cfg.weight_dtype, name=name)  # noqa: E731
-        attn_out, new_cache = Attention(cfg, self.sharding, name="attn")(
+        attn_out, kv_cache = Attention(cfg, self.sharding, name="attn")(
             norm("attn_norm")(x_BxLxD), positions_BxL, mask_BxLxS, kv_cache, cache_index
         )
         x_BxLxD = x_BxLxD + attn_out
         x_BxLxD = x_BxLxD + MLP(cfg, self.sharding, name="mlp")(norm("mlp_norm")(x_BxLxD))
-        return constrain(x_BxLxD, ("batch", "length", "act_embed"), self.sharding), new_cache
+        return constrain(x_BxLxD, ("batch", "length", "act_embed"), self.sharding), kv_cache
+
+
+class _ScanBlock(Block):
+    """``Block`` in the ``(carry, *broadcast) -> (carry, None)`` form ``nn.scan`` expects."""
+
+    def __call__(self, x_BxLxD, positions_BxL, mask_BxLxS):
+        return super().__call__(x_BxLxD, positions_BxL, mask_BxLxS)[0], None
 
 
 class Decoder(nn.Module):
-    """Token embedding → ``num_layers`` blocks → final RMSNorm; returns (hidden, lm_head, cache)."""
+    """Token embedding → ``num_layers`` blocks (one ``nn.scan``) → final RMSNorm.
+
+    Returns ``(hidden_BxLxD, lm_head_DxV)``. This is the training/full-sequence forward and the
+    definition of the parameter tree; cached decoding runs the same ``Block`` per layer in
+    ``forward`` instead.
+    """
 
     cfg: ModelConfig
     sharding: Sharding | None = None
 
     @nn.compact
-    def __call__(self, tokens_BxL, positions_BxL, mask_BxLxS, cache_index=None, kv_cache=None):
+    def __call__(self, tokens_BxL, positions_BxL, mask_BxLxS):
         cfg = self.cfg
         init = nn.initializers.normal(stddev=0.02)
         embedding_VxD = _param(self, "embedding", init, (cfg.vocab_size, cfg.hidden_size),
                                ("vocab", "embed"), cfg.weight_dtype)
-        x_BxLxD = jnp.take(embedding_VxD, tokens_BxL, axis=0).astype(cfg.activation_dtype)
-        x_BxLxD = constrain(x_BxLxD, ("batch", "length", "act_embed"), self.sharding)
-
-        block = Block
+        x_BxLxD = _embed(cfg, embedding_VxD, tokens_BxL, self.sharding)
+        block = _ScanBlock
         if cfg.remat != "none":
-            block = nn.remat(Block, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
+            block = nn.remat(_ScanBlock, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
         layers = nn.scan(
             block,
             variable_axes={"params": 0},
             split_rngs={"params": True},
-            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0),
+            in_axes=(nn.broadcast, nn.broadcast),
             length=cfg.num_layers,
             unroll=min(cfg.scan_unroll, cfg.num_layers),
             metadata_params={nn.PARTITION_NAME: "layers"},
         )
-        x_BxLxD, new_cache = layers(cfg, self.sharding, name="layers")(
-            x_BxLxD, positions_BxL, mask_BxLxS, cache_index, kv_cache
-        )
+        x_BxLxD, _ = layers(cfg, self.sharding, name="layers")(x_BxLxD, positions_BxL, mask_BxLxS)
         hidden_BxLxD = RMSNorm(cfg.rms_norm_eps, "embed", cfg.weight_dtype, name="final_norm")(
-            x_BxLxD
-        )
+            x_BxLxD)
         if cfg.tie_embeddings:
-            lm_head_DxV = embedding_VxD.T
-        else:
-            lm_head_DxV = _param(self, "lm_head", init, (cfg.hidden_size, cfg.vocab_size),
-                                 ("embed", "vocab"), cfg.weight_dtype)
-        return hidden_BxLxD, lm_head_DxV, new_cache
+            return hidden_BxLxD, embedding_VxD.T
+        lm_head_DxV = _param(self, "lm_head", init, (cfg.hidden_size, cfg.vocab_size),
+                             ("embed", "vocab"), cfg.weight_dtype)
+        return hidden_BxLxD, lm_head_DxV
+
+
+def _embed(cfg: ModelConfig, embedding_VxD, tokens_BxL, sharding):
+    x_BxLxD = jnp.take(embedding_VxD, tokens_BxL, axis=0).astype(cfg.activation_dtype)
+    return constrain(x_BxLxD, ("batch", "length", "act_embed"), sharding)
+
+
+def unstack_layers(params: Params) -> Params:
+    """Params with the stacked ``layers`` split into a tuple of per-layer trees.
+
+    Cached decoding accepts either form; splitting once before a decode loop avoids slicing every
+    layer's weights out of the stack at every step (a copy per layer per token on CPU).
+    """
+    if isinstance(params["layers"], (tuple, list)):
+        return params
+    num_layers = jax.tree.leaves(params["layers"])[0].shape[0]
+    layers = tuple(jax.tree.map(lambda x, i=i: x[i], params["layers"]) for i in range(num_layers))
+    return {**params, "layers": layers}
 
 
 @flax.struct.dataclass
 class KVCache:
-    """Keys and values of every layer, which slots hold real tokens, and the next write slot."""
+    """Per-layer keys and values (tuples of ``num_layers`` arrays ``[B, K, S, E]``), which slots
+    hold real tokens (``valid_BxS``), and the next slot to write (``index``)."""
 
-    keys_YxBxSxKxE: jax.Array
-    values_YxBxSxKxE: jax.Array
+    keys: tuple[jax.Array, ...]
+    values: tuple[jax.Array, ...]
     valid_BxS: jax.Array
     index: jax.Array
 
@@ -103,17 +128,21 @@ class KVCache:
     def batch_size(self) -> int:
         return self.valid_BxS.shape[0]
 
+    def map_layers(self, fn) -> "KVCache":
+        """Apply ``fn`` to every per-layer key and value array."""
+        return self.replace(keys=tuple(map(fn, self.keys)), values=tuple(map(fn, self.values)))
 
-CACHE_AXES = ("layers", "batch", "cache_length", "act_kv_heads", None)
+
+CACHE_AXES = ("batch", "act_kv_heads", "cache_length", None)
 
 
 def init_cache(cfg: ModelConfig, batch_size: int, max_length: int, dtype=None) -> KVCache:
     """An empty cache of ``max_length`` slots (``dtype`` defaults to the activation dtype)."""
-    shape = (cfg.num_layers, batch_size, max_length, cfg.num_kv_heads, cfg.head_dim)
+    shape = (batch_size, cfg.num_kv_heads, max_length, cfg.head_dim)
     dtype = cfg.activation_dtype if dtype is None else dtype
     return KVCache(
-        keys_YxBxSxKxE=jnp.zeros(shape, dtype),
-        values_YxBxSxKxE=jnp.zeros(shape, dtype),
+        keys=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)),
+        values=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)),
         valid_BxS=jnp.zeros((batch_size, max_length), bool),
         index=jnp.zeros((), jnp.int32),
     )
@@ -157,16 +186,14 @@ def forward(
         mask_BxL = jnp.ones((batch, length), bool)
     else:
         mask_BxL = attention_mask_BxL.astype(bool)
-    model = Decoder(cfg, sharding)
-    variables = {"params": params}
-
     if cache is None:
+        model, variables = Decoder(cfg, sharding), {"params": params}
         if positions_BxL is None:
             positions_BxL = positions_from_mask(mask_BxL)
         segments = None if segment_ids_BxL is None else (segment_ids_BxL, segment_ids_BxL)
         query_slots_BxL = jnp.broadcast_to(jnp.arange(length), (batch, length))
         weights_mask = attention_weights_mask(query_slots_BxL, mask_BxL, segments)
-        hidden, lm_head, _ = model.apply(variables, tokens_BxL, positions_BxL, weights_mask)
+        hidden, lm_head = model.apply(variables, tokens_BxL, positions_BxL, weights_mask)
         return ForwardOutput(hidden, lm_head, None)
 
     if segment_ids_BxL is not None:
@@ -178,12 +205,23 @@ def forward(
     valid_BxS = jax.lax.dynamic_update_slice(cache.valid_BxS, mask_BxL, (0, cache.index))
     query_slots_BxL = cache.index + jnp.broadcast_to(jnp.arange(length), (batch, length))
     weights_mask = attention_weights_mask(query_slots_BxL, valid_BxS)
-    hidden, lm_head, (keys, values) = model.apply(
-        variables, tokens_BxL, positions_BxL, weights_mask, cache.index,
-        (cache.keys_YxBxSxKxE, cache.values_YxBxSxKxE),
-    )
-    new_cache = KVCache(keys, values, valid_BxS, cache.index + length)
-    return ForwardOutput(hidden, lm_head, new_cache)
+
+    # Layers unrolled: each applies the same Block to its slice of the parameters and its own
+    # cache arrays, which are updated in place.
+    layers = unstack_layers(params)["layers"]
+    block = Block(cfg, sharding)
+    x_BxLxD = _embed(cfg, params["embedding"], tokens_BxL, sharding)
+    keys, values = [], []
+    for layer_params, k, v in zip(layers, cache.keys, cache.values):
+        x_BxLxD, (k, v) = block.apply({"params": layer_params}, x_BxLxD, positions_BxL,
+                                      weights_mask, cache.index, (k, v))
+        keys.append(constrain(k, CACHE_AXES, sharding))
+        values.append(constrain(v, CACHE_AXES, sharding))
+    norm = RMSNorm(cfg.rms_norm_eps, "embed", cfg.weight_dtype)
+    hidden_BxLxD = norm.apply({"params": params["final_norm"]}, x_BxLxD)
+    lm_head_DxV = params["embedding"].T if cfg.tie_embeddings else params["lm_head"]
+    new_cache = KVCache(tuple(keys), tuple(values), valid_BxS, cache.index + length)
+    return ForwardOutput(hidden_BxLxD, lm_head_DxV, new_cache)
 
 
 def logits(cfg: ModelConfig, params: Params, tokens_BxL, attention_mask_BxL=None, **kwargs):

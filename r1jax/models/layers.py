@@ -83,18 +83,23 @@ def attention_weights_mask(query_slots_BxL, key_valid_BxS, segment_ids=None):
     return mask_BxLxS
 
 
-def dot_product_attention(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE, mask_BxLxS):
-    """Grouped-query softmax attention, logits and softmax in float32."""
+def dot_product_attention(q_BxLxHxE, k_BxKxSxE, v_BxKxSxE, mask_BxLxS):
+    """Grouped-query softmax attention, logits and softmax in float32.
+
+    Keys and values are ``[B, K, S, E]`` (the KV-cache layout): the batch axes of both attention
+    matmuls lead, so neither needs a transposed copy of the cache.
+    """
     batch, length, num_heads, head_dim = q_BxLxHxE.shape
-    num_kv = k_BxSxKxE.shape[2]
-    q_BxLxKxGxE = q_BxLxHxE.reshape(batch, length, num_kv, num_heads // num_kv, head_dim)
+    num_kv = k_BxKxSxE.shape[1]
+    q_BxKxGxLxE = q_BxLxHxE.reshape(batch, length, num_kv, num_heads // num_kv, head_dim
+                                    ).transpose(0, 2, 3, 1, 4)
     scores_BxKxGxLxS = jnp.einsum(
-        "blkge,bske->bkgls", q_BxLxKxGxE, k_BxSxKxE, preferred_element_type=jnp.float32
+        "bkgle,bkse->bkgls", q_BxKxGxLxE, k_BxKxSxE, preferred_element_type=jnp.float32
     ) * (head_dim ** -0.5)
     scores_BxKxGxLxS = jnp.where(mask_BxLxS[:, None, None], scores_BxKxGxLxS, MASK_VALUE)
-    probs = jax.nn.softmax(scores_BxKxGxLxS, axis=-1).astype(v_BxSxKxE.dtype)
-    out_BxLxKxGxE = jnp.einsum("bkgls,bske->blkge", probs, v_BxSxKxE)
-    return out_BxLxKxGxE.reshape(batch, length, num_heads, head_dim)
+    probs = jax.nn.softmax(scores_BxKxGxLxS, axis=-1).astype(v_BxKxSxE.dtype)
+    out_BxKxGxLxE = jnp.einsum("bkgls,bkse->bkgle", probs, v_BxKxSxE)
+    return out_BxKxGxLxE.transpose(0, 3, 1, 2, 4).reshape(batch, length, num_heads, head_dim)
 
 
 class Attention(nn.Module):
@@ -132,22 +137,24 @@ class Attention(nn.Module):
         k_BxLxKxE = apply_rope(k_BxLxKxE, positions_BxL, inv_freq)
         q_BxLxHxE = constrain(q_BxLxHxE, ("batch", "length", "act_heads", None), self.sharding)
 
+        k_BxKxLxE = k_BxLxKxE.transpose(0, 2, 1, 3)
+        v_BxKxLxE = v_BxLxKxE.transpose(0, 2, 1, 3)
         if kv_cache is None:
-            keys_BxSxKxE, values_BxSxKxE, new_cache = k_BxLxKxE, v_BxLxKxE, None
+            keys_BxKxSxE, values_BxKxSxE = k_BxKxLxE, v_BxKxLxE
         else:
             cache_k, cache_v = kv_cache
-            at = (0, cache_index, 0, 0)
-            keys_BxSxKxE = jax.lax.dynamic_update_slice(cache_k, k_BxLxKxE.astype(cache_k.dtype), at)
-            values_BxSxKxE = jax.lax.dynamic_update_slice(cache_v, v_BxLxKxE.astype(cache_v.dtype),
+            at = (0, 0, cache_index, 0)
+            keys_BxKxSxE = jax.lax.dynamic_update_slice(cache_k, k_BxKxLxE.astype(cache_k.dtype), at)
+            values_BxKxSxE = jax.lax.dynamic_update_slice(cache_v, v_BxKxLxE.astype(cache_v.dtype),
                                                           at)
-            new_cache = (keys_BxSxKxE, values_BxSxKxE)
+            kv_cache = (keys_BxKxSxE, values_BxKxSxE)
 
-        out_BxLxHxE = dot_product_attention(q_BxLxHxE, keys_BxSxKxE.astype(dtype),
-                                            values_BxSxKxE.astype(dtype), mask_BxLxS)
+        out_BxLxHxE = dot_product_attention(q_BxLxHxE, keys_BxKxSxE.astype(dtype),
+                                            values_BxKxSxE.astype(dtype), mask_BxLxS)
         o_kernel = _param(self, "o_kernel", init, (cfg.num_heads, cfg.head_dim, cfg.hidden_size),
                           ("heads", "head_dim", "embed"), pdtype)
         out_BxLxD = jnp.einsum("blhe,hed->bld", out_BxLxHxE, o_kernel.astype(dtype))
-        return out_BxLxD, new_cache
+        return out_BxLxD, kv_cache
 
 
 class MLP(nn.Module):

@@ -1,0 +1,13 @@
+"""Fast jitted sampling of G completions per prompt with a shared-prefill KV cache."""
+from r1jax.rollout.engine import (
+    DEFAULT_PROMPT_BUCKETS,
+    Rollout,
+    bucket_length,
+    cut_at_stop_strings,
+    generate,
+)
+from r1jax.rollout.sampling import SamplingParams, filter_logits, sample
+from r1jax.rollout.stops import StopCriteria
+
+__all__ = ["DEFAULT_PROMPT_BUCKETS", "Rollout", "SamplingParams", "StopCriteria", "bucket_length",
+           "cut_at_stop_strings", "filter_logits", "generate", "sample"]

@@ -1,0 +1,232 @@
+"""Jitted generation of G completions per prompt: one prefill per prompt, one ``while_loop`` decode.
+
+Each prompt is prefilled once and its KV cache repeated for its G samples. The decode loop is a
+single ``lax.while_loop`` that ends as soon as every row has stopped or the token budget is spent;
+tokens after a row's stop are padding and masked. Prompt lengths are bucketed so that a training
+run compiles a handful of programs, not one per batch. With a ``Sharding``, sequences are split
+over the mesh's batch axes and the parameters are used where the trainer placed them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Sequence
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from r1jax import models
+from r1jax.models import ModelConfig
+from r1jax.rollout.sampling import SamplingParams, sample
+from r1jax.rollout.stops import StopCriteria, stop_string_cut
+from r1jax.sharding import Sharding, constrain
+
+DEFAULT_PROMPT_BUCKETS = tuple(2**k for k in range(4, 18))  # 16 … 131072
+
+
+@flax.struct.dataclass
+class Rollout:
+    """Completions, row ``p * G + g`` being sample g of prompt p.
+
+    ``tokens`` ``[P·G, T]`` (padding after the stop), ``lengths`` ``[P·G]`` (tokens up to and
+    including the stop), ``mask`` ``[P·G, T]`` (1 on those tokens), ``logprobs`` ``[P·G, T]``
+    (log-prob of each sampled token under the temperature-scaled policy; 0 on padding),
+    ``stopped`` ``[P·G]`` (False where the budget ran out), and the left-padded prompts
+    ``prompt_tokens`` / ``prompt_mask`` ``[P, Lp]`` as they were fed to the model, and
+    ``decode_steps``, how many steps the loop ran before every row had stopped.
+    """
+
+    tokens: jax.Array
+    lengths: jax.Array
+    mask: jax.Array
+    logprobs: jax.Array
+    stopped: jax.Array
+    prompt_tokens: jax.Array
+    prompt_mask: jax.Array
+    decode_steps: jax.Array
+
+    @property
+    def group_size(self) -> int:
+        return self.tokens.shape[0] // self.prompt_tokens.shape[0]
+
+
+def bucket_length(length: int, buckets: Sequence[int]) -> int:
+    for b in sorted(buckets):
+        if b >= length:
+            return b
+    raise ValueError(f"a prompt of {length} tokens exceeds the largest bucket {max(buckets)}")
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled(cfg: ModelConfig, sampling: SamplingParams, stops: StopCriteria, group_size: int,
+              max_new_tokens: int, pad_id: int, sharding: Sharding | None, unstack: bool):
+    """One jitted program per static setting (shapes add their own compile-cache entries)."""
+
+    def run(params, prompt_PxLp, prompt_mask_PxLp, rng):
+        num_prompts, prompt_len = prompt_PxLp.shape
+        if unstack:
+            params = models.unstack_layers(params)
+        batch = num_prompts * group_size
+        cache = models.init_cache(cfg, num_prompts, prompt_len + max_new_tokens)
+        out = models.forward(cfg, params, prompt_PxLp, attention_mask_BxL=prompt_mask_PxLp,
+                             cache=cache, sharding=sharding)
+        # Left padding puts every prompt's last token in the last column.
+        logits_PxV = jnp.dot(out.hidden_BxLxD[:, -1], out.lm_head_DxV,
+                             preferred_element_type=jnp.float32)
+
+        def repeat(x, axis):
+            return jnp.repeat(x, group_size, axis=axis)
+
+        # One prefill per prompt; its cache is repeated for the prompt's G samples.
+        cache = out.cache.map_layers(
+            lambda x: constrain(repeat(x, 0), models.CACHE_AXES, sharding))
+        cache = cache.replace(valid_BxS=repeat(cache.valid_BxS, 0))
+        state = dict(
+            step=jnp.zeros((), jnp.int32),
+            cache=cache,
+            logits_BxV=constrain(repeat(logits_PxV, 0), ("batch", "act_vocab"), sharding),
+            tokens_BxT=jnp.full((batch, max_new_tokens), pad_id, jnp.int32),
+            logprobs_BxT=jnp.zeros((batch, max_new_tokens), jnp.float32),
+            recent_BxM=jnp.full((batch, stops.window), -1, jnp.int32),
+            done_B=jnp.zeros((batch,), bool),
+            lengths_B=jnp.zeros((batch,), jnp.int32),
+        )
+
+        def keep_going(s):
+            return (s["step"] < max_new_tokens) & ~jnp.all(s["done_B"])
+
+        def decode_step(s):
+            token_B, logprob_B = sample(jax.random.fold_in(rng, s["step"]), s["logits_BxV"],
+                                        sampling)
+            token_B = jnp.where(s["done_B"], pad_id, token_B)
+            logprob_B = jnp.where(s["done_B"], 0.0, logprob_B)
+            recent_BxM = jnp.concatenate([s["recent_BxM"][:, 1:], token_B[:, None]], axis=1)
+            lengths_B = s["lengths_B"] + (~s["done_B"]).astype(jnp.int32)
+            done_B = s["done_B"] | stops.hit(token_B, recent_BxM)
+            at = (0, s["step"])
+            out = models.forward(cfg, params, token_B[:, None], cache=s["cache"],
+                                 sharding=sharding)
+            logits_BxV = jnp.dot(out.hidden_BxLxD[:, 0], out.lm_head_DxV,
+                                 preferred_element_type=jnp.float32)
+            return dict(
+                step=s["step"] + 1,
+                cache=out.cache,
+                logits_BxV=logits_BxV,
+                tokens_BxT=jax.lax.dynamic_update_slice(s["tokens_BxT"], token_B[:, None], at),
+                logprobs_BxT=jax.lax.dynamic_update_slice(s["logprobs_BxT"], logprob_B[:, None],
+                                                          at),
+                recent_BxM=recent_BxM,
+                done_B=done_B,
+                lengths_B=lengths_B,
+            )
+
+        s = jax.lax.while_loop(keep_going, decode_step, state)
+        mask_BxT = jnp.arange(max_new_tokens)[None, :] < s["lengths_B"][:, None]
+        return (s["tokens_BxT"], s["lengths_B"], mask_BxT, s["logprobs_BxT"], s["done_B"],
+                s["step"])
+
+    return jax.jit(run)
+
+
+def _pad_prompts(prompts, prompt_mask, pad_id, buckets):
+    """Left-pad ragged prompts (or re-bucket an already padded batch) into ``[P, Lp]``."""
+    if prompt_mask is not None:
+        prompts = [list(np.asarray(row)[np.asarray(m).astype(bool)])
+                   for row, m in zip(np.asarray(prompts), np.asarray(prompt_mask))]
+    prompts = [list(map(int, p)) for p in prompts]
+    if not prompts:
+        raise ValueError("generate() needs at least one prompt")
+    for i, p in enumerate(prompts):
+        if not p:
+            raise ValueError(f"prompt {i} is empty; every prompt needs at least one token")
+    length = bucket_length(max(map(len, prompts)), buckets)
+    ids = np.full((len(prompts), length), pad_id, np.int32)
+    mask = np.zeros((len(prompts), length), np.int32)
+    for i, p in enumerate(prompts):
+        ids[i, length - len(p):] = p
+        mask[i, length - len(p):] = 1
+    return ids, mask
+
+
+def generate(
+    params: Any,
+    model_config: ModelConfig,
+    prompt_tokens: Sequence[Sequence[int]] | np.ndarray,
+    *,
+    rng: jax.Array,
+    max_new_tokens: int,
+    group_size: int = 1,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    stop_ids: Sequence[int] = (),
+    stop_strings: Sequence[str] = (),
+    tokenizer=None,
+    prompt_mask: np.ndarray | None = None,
+    pad_id: int = 0,
+    max_cache_length: int | None = None,
+    prompt_buckets: Sequence[int] = DEFAULT_PROMPT_BUCKETS,
+    sharding: Sharding | None = None,
+    unstack_params: bool | None = None,
+) -> Rollout:
+    """Sample ``group_size`` completions of up to ``max_new_tokens`` tokens for every prompt.
+
+    ``prompt_tokens`` is a list of token-id lists (any lengths) or a left-padded ``[P, L]`` array
+    with ``prompt_mask``. ``rng`` is required: pass a new key every step. ``stop_strings`` need the
+    ``tokenizer`` (to encode them for early stopping and to cut completions on the host).
+    ``max_cache_length`` (default: the model's ``max_position_embeddings``) bounds prompt + new tokens.
+    ``unstack_params`` splits the stacked layer weights once per call instead of slicing them at
+    every step (default: on CPU only; it holds a second copy of the weights during the call).
+    """
+    if group_size < 1:
+        raise ValueError(f"group_size must be >= 1, got {group_size}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    sampling = SamplingParams(float(temperature), float(top_p), int(top_k))
+    if stop_strings and tokenizer is None:
+        raise ValueError("stop_strings need the tokenizer (to encode and to check them)")
+    stop_sequences = [tokenizer.encode(s) for s in stop_strings] if stop_strings else []
+    stops = StopCriteria.build(stop_ids, stop_sequences)
+    ids, mask = _pad_prompts(prompt_tokens, prompt_mask, pad_id, prompt_buckets)
+    limit = max_cache_length or model_config.max_position_embeddings
+    longest = int(mask.sum(axis=1).max())
+    if longest + max_new_tokens > limit:
+        raise ValueError(
+            f"a prompt of {longest} tokens plus max_new_tokens={max_new_tokens} exceeds the cache "
+            f"limit of {limit} positions; shorten the prompt or lower max_new_tokens"
+        )
+    ids_j, mask_j = jnp.asarray(ids), jnp.asarray(mask)
+    if sharding is not None:
+        ids_j = jax.device_put(ids_j, sharding.named(("batch", "length"), ids.shape))
+        mask_j = jax.device_put(mask_j, sharding.named(("batch", "length"), ids.shape))
+    if unstack_params is None:
+        # On CPU a per-step slice of every layer's weights is a copy; accelerators fuse it.
+        unstack_params = jax.default_backend() == "cpu"
+    fn = _compiled(model_config, sampling, stops, int(group_size), int(max_new_tokens),
+                   int(pad_id), sharding, bool(unstack_params))
+    tokens, lengths, comp_mask, logprobs, stopped, steps = fn(params, ids_j, mask_j, rng)
+    rollout = Rollout(tokens, lengths, comp_mask, logprobs, stopped, ids_j, mask_j, steps)
+    if stop_strings:
+        rollout = cut_at_stop_strings(rollout, tokenizer, stop_strings, pad_id)
+    return rollout
+
+
+def cut_at_stop_strings(rollout: Rollout, tokenizer, stop_strings: Sequence[str], pad_id: int = 0
+                        ) -> Rollout:
+    """End each completion at the first token whose decoded text completes a stop string."""
+    tokens = np.asarray(rollout.tokens).copy()
+    lengths = np.asarray(rollout.lengths).copy()
+    stopped = np.asarray(rollout.stopped).copy()
+    decode = lambda ids: tokenizer.decode(ids, skip_special=False)  # noqa: E731
+    for row in range(tokens.shape[0]):
+        cut = stop_string_cut(decode, tokens[row, :lengths[row]].tolist(), stop_strings)
+        if cut is not None:
+            lengths[row], stopped[row] = cut, True
+            tokens[row, cut:] = pad_id
+    mask = np.arange(tokens.shape[1])[None, :] < lengths[:, None]
+    logprobs = np.where(mask, np.asarray(rollout.logprobs), 0.0).astype(np.float32)
+    return dataclasses.replace(rollout, tokens=jnp.asarray(tokens), lengths=jnp.asarray(lengths),
+                               mask=jnp.asarray(mask), logprobs=jnp.asarray(logprobs),
+                               stopped=jnp.asarray(stopped))
