@@ -1,0 +1,24 @@
+"""Run an experiment: ``python launch/run.py --config=experiments/r1_zero.py[:variant]``.
+
+Overrides: ``--config.grpo.loss.beta=0.0``; work directory: ``--workdir=DIR`` (default
+``runs/<experiment>``; rerunning the same command resumes there).
+"""
+from absl import app, flags
+from ml_collections import config_flags
+
+from r1jax import pipeline
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment file[:variant]",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "work directory (default: runs/<experiment>)")
+flags.mark_flags_as_required(["config"])
+
+
+def main(argv):
+    del argv
+    spec = config_flags.get_config_filename(flags.FLAGS["config"])
+    pipeline.run(_CONFIG.value, _WORKDIR.value or pipeline.default_workdir(spec))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,95 @@
+"""Multi-host runtime: ``jax.distributed`` start-up, per-process data, and who writes.
+
+TPU pods, SLURM and Open MPI jobs are detected by JAX itself (``initialize()`` needs no
+arguments there); other clusters pass a coordinator address, the process count and this process's
+id (or set ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``). On CPU the
+cross-process collectives use gloo.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import jax
+import numpy as np
+
+_CLUSTER_ENV = ("TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS", "SLURM_NTASKS",
+                "OMPI_COMM_WORLD_SIZE")
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedConfig:
+    coordinator_address: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
+    local_device_ids: tuple[int, ...] | None = None
+
+
+def _from_env(cfg: DistributedConfig) -> DistributedConfig:
+    env = os.environ
+    return DistributedConfig(
+        coordinator_address=cfg.coordinator_address or env.get("JAX_COORDINATOR_ADDRESS"),
+        num_processes=cfg.num_processes or (int(env["JAX_NUM_PROCESSES"])
+                                            if "JAX_NUM_PROCESSES" in env else None),
+        process_id=cfg.process_id if cfg.process_id is not None else (
+            int(env["JAX_PROCESS_ID"]) if "JAX_PROCESS_ID" in env else None),
+        local_device_ids=cfg.local_device_ids,
+    )
+
+
+_initialized = False
+
+
+def initialize(cfg: DistributedConfig = DistributedConfig()) -> bool:
+    """Join the job's processes; returns True if this is a multi-process run.
+
+    A single process with no cluster in sight does nothing (so laptops and tests need no setup).
+    Calling it again is a no-op.
+    """
+    global _initialized
+    if _initialized:
+        return jax.process_count() > 1
+    cfg = _from_env(cfg)
+    explicit = cfg.coordinator_address is not None
+    detected = any(os.environ.get(k) for k in _CLUSTER_ENV)
+    if os.environ.get("SLURM_NTASKS") == "1":
+        detected = False
+    if not explicit and not detected:
+        _initialized = True
+        return False
+    if jax.config.jax_platforms in (None, "", "cpu") or os.environ.get("JAX_PLATFORMS") == "cpu":
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    kwargs: dict[str, Any] = {}
+    if explicit:
+        if cfg.num_processes is None or cfg.process_id is None:
+            raise ValueError("a coordinator address needs num_processes and process_id too "
+                             "(or JAX_NUM_PROCESSES / JAX_PROCESS_ID)")
+        kwargs = dict(coordinator_address=cfg.coordinator_address,
+                      num_processes=cfg.num_processes, process_id=cfg.process_id)
+    if cfg.local_device_ids is not None:
+        kwargs["local_device_ids"] = list(cfg.local_device_ids)
+    jax.distributed.initialize(**kwargs)
+    _initialized = True
+    return jax.process_count() > 1
+
+
+def is_main_process() -> bool:
+    """Only process 0 writes logs, metrics and reports."""
+    return jax.process_index() == 0
+
+
+def process_rows(global_rows: int) -> slice:
+    """The rows of a globally batched array that this process feeds (contiguous, equal shares)."""
+    count, index = jax.process_count(), jax.process_index()
+    if global_rows % count:
+        raise ValueError(f"{global_rows} rows do not split evenly over {count} processes")
+    share = global_rows // count
+    return slice(index * share, (index + 1) * share)
+
+
+def global_batch(local_tree: Any, shardings: Any) -> Any:
+    """Assemble global arrays from each process's rows (``make_array_from_process_local_data``)."""
+    return jax.tree.map(
+        lambda x, s: jax.make_array_from_process_local_data(s, np.asarray(x)), local_tree,
+        shardings)

@@ -1,0 +1,64 @@
+"""Per-token log-probs of completions, computed blockwise from hidden states and the LM head.
+
+One forward over ``prompt + completion[:-1]``; only the hidden states that predict completion
+tokens go to ``kernels.token_logprobs``, which never materializes ``[tokens × vocab]`` logits.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec
+
+import kernels
+from r1jax import models
+from r1jax.sharding import Sharding, constrain
+
+_PALLAS = ("pallas_tpu", "pallas_gpu")
+
+
+def _token_logprobs(hidden_NxD, lm_head_DxV, targets_N, *, temperature, return_entropy, impl,
+                    sharding: Sharding | None):
+    call = functools.partial(kernels.token_logprobs, temperature=temperature,
+                             return_entropy=return_entropy, impl=impl)
+    if sharding is None or impl not in _PALLAS:
+        return call(hidden_NxD, lm_head_DxV, targets_N)
+    # A Pallas kernel sees one device's block: split tokens over every mesh axis, give each device
+    # the whole head (a vocab-sharded head would need a cross-device log-sum-exp).
+    axes = tuple(sharding.mesh.axis_names)
+    tokens = PartitionSpec(axes)
+    out_specs = (tokens, tokens if return_entropy else PartitionSpec())
+
+    def local(h, w, t):
+        logp, ent = call(h, w, t)
+        return logp, (ent if return_entropy else jnp.zeros((), jnp.float32))
+
+    logp, ent = jax.shard_map(local, mesh=sharding.mesh, in_specs=(tokens, PartitionSpec(), tokens),
+                              out_specs=out_specs, check_vma=False)(hidden_NxD, lm_head_DxV,
+                                                                    targets_N)
+    return logp, (ent if return_entropy else None)
+
+
+def completion_logprobs(model_cfg: models.ModelConfig, params, tokens_BxL, attention_mask_BxL,
+                        completion_length: int, *, temperature: float = 1.0,
+                        return_entropy: bool = False, impl: str = "auto",
+                        sharding: Sharding | None = None):
+    """``log π(completion_t | prompt, completion_<t)`` for the last ``completion_length`` columns.
+
+    ``tokens_BxL`` is the left-padded prompt followed by the completion (padding after a stop is
+    masked by ``attention_mask_BxL``; its log-probs are computed but meaningless). Returns
+    ``(logp_BxT, entropy_BxT or None)`` in float32, with ``T = completion_length``.
+    """
+    batch, length = tokens_BxL.shape
+    out = models.forward(model_cfg, params, tokens_BxL[:, :-1],
+                         attention_mask_BxL=attention_mask_BxL[:, :-1], sharding=sharding)
+    hidden_BxTxD = out.hidden_BxLxD[:, length - 1 - completion_length:]
+    hidden_BxTxD = constrain(hidden_BxTxD, ("batch", "length", "act_embed"), sharding)
+    targets_BxT = tokens_BxL[:, length - completion_length:]
+    logp_N, entropy_N = _token_logprobs(
+        hidden_BxTxD.reshape(batch * completion_length, -1), out.lm_head_DxV,
+        targets_BxT.reshape(-1), temperature=temperature, return_entropy=return_entropy,
+        impl=impl, sharding=sharding)
+    shape = (batch, completion_length)
+    return logp_N.reshape(shape), (None if entropy_N is None else entropy_N.reshape(shape))

@@ -1,0 +1,159 @@
+"""A whole GRPO run's settings: what experiments/*.py describe, validated at start-up.
+
+``GRPORunConfig.from_config(config)`` is the boundary: every key of the ConfigDict must be a field
+here (typos fail with the full path), and cross-field checks name the field and the fix.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping
+
+from r1jax.configdict import ConfigError, from_config
+from r1jax.distributed import DistributedConfig
+from r1jax.rl.config import GRPOConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSource:
+    """Where the policy starts: a Hugging Face-format directory (weights + tokenizer), or a preset
+    with random weights. ``pretrain_config`` names the experiment that produces a missing
+    ``checkpoint`` (the tiny base model); relative paths are from the repository root."""
+
+    checkpoint: str | None = None
+    preset: str | None = None
+    tokenizer: str | None = None
+    pretrain_config: str | None = None
+    dtype: str | None = None
+    remat: str = "none"
+
+    def __post_init__(self):
+        if (self.checkpoint is None) == (self.preset is None):
+            raise ValueError("set exactly one of model.checkpoint (a Hugging Face directory) and "
+                             "model.preset (random weights)")
+        if self.preset is not None and self.tokenizer is None:
+            raise ValueError("model.preset needs model.tokenizer (a tokenizer.json or .model file)")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSource:
+    """Prompts: ``synthetic:<task>`` (arithmetic, countdown), ``humaneval``, or a JSONL path."""
+
+    train: str = "synthetic:arithmetic"
+    test: str = "synthetic:arithmetic"
+    difficulty: int = 2
+    num_train: int = 20_000
+    num_test: int = 200
+    seed: int = 0
+    template: str = "r1_zero"
+    max_prompt_tokens: int = 512
+    skip_bad_lines: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutSettings:
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    stop_strings: tuple[str, ...] = ("</answer>",)
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"rollout.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardSettings:
+    """Component weights (accuracy, format, language, overlong) and DAPO's overlong lengths."""
+
+    weights: Mapping[str, float] = dataclasses.field(
+        default_factory=lambda: {"accuracy": 1.0, "format": 1.0})
+    overlong_max_tokens: int | None = None
+    overlong_cache_tokens: int = 0
+    num_workers: int = 2
+    timeout_s: float = 30.0
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSettings:
+    """Held-out evaluation every ``every`` steps (and before the first and after the last)."""
+
+    every: int = 50
+    num_problems: int = 200
+    num_samples: int = 4
+    temperature: float = 0.6
+    top_p: float = 0.95
+    max_new_tokens: int = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointSettings:
+    every: int = 50
+    max_to_keep: int = 2
+    keep_best: bool = False  # keep the checkpoint with the best held-out pass@1 too
+
+
+@dataclasses.dataclass(frozen=True)
+class LoggingSettings:
+    every: int = 1
+    samples_every: int = 10
+    num_samples: int = 2
+    tensorboard: bool = True
+    progress_bar: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshSettings:
+    data: int = 1
+    fsdp: int = -1
+    tensor: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPORunConfig:
+    job: str
+    steps: int
+    prompts_per_step: int
+    model: ModelSource
+    seed: int = 0
+    name: str = "grpo"
+    data: DataSource = DataSource()
+    rollout: RolloutSettings = RolloutSettings()
+    grpo: GRPOConfig = GRPOConfig()
+    rewards: RewardSettings = RewardSettings()
+    eval: EvalSettings = EvalSettings()
+    checkpoint: CheckpointSettings = CheckpointSettings()
+    logging: LoggingSettings = LoggingSettings()
+    mesh: MeshSettings = MeshSettings()
+    distributed: DistributedConfig = DistributedConfig()
+    dynamic_sampling: bool = False  # DAPO: refill groups whose rewards are all equal
+    max_refills: int = 4
+
+    def __post_init__(self):
+        if self.job != "grpo":
+            raise ValueError(f"job must be 'grpo' for a GRPO run, got {self.job!r}")
+        if self.steps < 1 or self.prompts_per_step < 1:
+            raise ValueError("steps and prompts_per_step must be >= 1")
+        rows = self.prompts_per_step * self.grpo.group_size
+        if rows % self.grpo.num_minibatches:
+            raise ValueError(
+                f"prompts_per_step × grpo.group_size = {rows} rows do not split into "
+                f"grpo.num_minibatches = {self.grpo.num_minibatches}; choose a divisor of {rows}")
+        per_minibatch = rows // self.grpo.num_minibatches
+        if per_minibatch % self.grpo.num_microbatches:
+            raise ValueError(
+                f"a minibatch of {per_minibatch} rows does not split into grpo.num_microbatches = "
+                f"{self.grpo.num_microbatches}; choose a divisor of {per_minibatch}")
+        if self.grpo.temperature != self.rollout.temperature:
+            raise ValueError(
+                f"grpo.temperature ({self.grpo.temperature}) must equal rollout.temperature "
+                f"({self.rollout.temperature}): log-probs are of the distribution sampled from")
+
+    @classmethod
+    def from_config(cls, config) -> "GRPORunConfig":
+        try:
+            return from_config(cls, config)
+        except ConfigError:
+            raise
+        except ValueError as e:
+            raise ConfigError(str(e)) from None

@@ -1,0 +1,199 @@
+"""One GRPO optimizer update as a pure function, and its single jitted, sharded instance.
+
+``grpo_step(state, batch, ref_params, ...)`` computes the loss of a minibatch as the sum of its
+microbatches' contributions (the per-token aggregation weights are fixed for the whole minibatch
+first), accumulates float32 gradients with ``lax.scan``, clips, and applies AdamW — unless the loss
+or the gradient norm is not finite, in which case the update is skipped and counted.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from r1jax import models
+from r1jax.rl import losses
+from r1jax.rl.config import GRPOConfig
+from r1jax.rl.logprobs import completion_logprobs
+from r1jax.rl.state import TrainState, shardings_of
+from r1jax.sharding import Sharding
+
+
+@flax.struct.dataclass
+class GRPOBatch:
+    """A minibatch of scored completions (row ``p·G + g``).
+
+    ``tokens_BxL``/``attention_mask_BxL``: left-padded prompt then completion (``L = Lp + T``);
+    ``completion_mask_BxT``: the completion tokens that count; ``advantages_B``; and optional
+    per-token log-probs ``[B, T]`` of the old policy, the reference and the sampler.
+    """
+
+    tokens_BxL: jax.Array
+    attention_mask_BxL: jax.Array
+    completion_mask_BxT: jax.Array
+    advantages_B: jax.Array
+    old_logp_BxT: jax.Array | None = None
+    ref_logp_BxT: jax.Array | None = None
+    sampler_logp_BxT: jax.Array | None = None
+
+    @property
+    def completion_length(self) -> int:
+        return self.completion_mask_BxT.shape[1]
+
+    def rows(self, start: int, stop: int) -> "GRPOBatch":
+        return jax.tree.map(lambda x: x[start:stop], self)
+
+
+BATCH_AXES = ("batch", "length")
+
+
+def _microbatches(tree, num: int):
+    """Split every array's leading axis into ``num`` equal microbatches ``[num, B/num, …]``."""
+    def split(x):
+        if x.shape[0] % num:
+            raise ValueError(f"batch of {x.shape[0]} rows does not split into {num} microbatches")
+        return x.reshape(num, x.shape[0] // num, *x.shape[1:])
+    return jax.tree.map(split, tree)
+
+
+def grpo_step(state: TrainState, batch: GRPOBatch, ref_params: Any, *, cfg: GRPOConfig,
+              model_cfg: models.ModelConfig, optimizer: optax.GradientTransformation,
+              sharding: Sharding | None = None) -> tuple[TrainState, dict]:
+    """One optimizer update on ``batch``.
+
+    Reference log-probs come from ``batch.ref_logp_BxT`` if given, else from a forward with
+    ``ref_params`` (skipped entirely when ``cfg.loss.beta == 0``). Old-policy log-probs come from
+    ``batch.old_logp_BxT``; without them the update is on-policy (ratio ≡ 1).
+    """
+    loss_cfg = cfg.loss
+    num_sequences = batch.tokens_BxL.shape[0]
+    weights_BxT = losses.token_weights(batch.completion_mask_BxT, loss_cfg)
+    logprobs = functools.partial(completion_logprobs, model_cfg,
+                                 completion_length=batch.completion_length,
+                                 temperature=cfg.temperature, impl=cfg.logprob_impl,
+                                 sharding=sharding)
+    need_ref = loss_cfg.beta > 0 and batch.ref_logp_BxT is None
+    if need_ref and ref_params is None:
+        raise ValueError("beta > 0 needs ref_params or batch.ref_logp_BxT")
+
+    def microbatch_loss(params, mb: GRPOBatch, weights):
+        logp, entropy = logprobs(params, mb.tokens_BxL, mb.attention_mask_BxL,
+                                 return_entropy=True)
+        ref_logp = mb.ref_logp_BxT
+        if need_ref:
+            ref_logp = jax.lax.stop_gradient(
+                logprobs(ref_params, mb.tokens_BxL, mb.attention_mask_BxL)[0])
+        loss, sums = losses.weighted_loss(logp, mb.old_logp_BxT, ref_logp, mb.advantages_B,
+                                          mb.completion_mask_BxT, weights, loss_cfg,
+                                          mb.sampler_logp_BxT)
+        mask = mb.completion_mask_BxT.astype(jnp.float32)
+        sums["entropy_sum"] = jnp.sum(mask * entropy)
+        return loss, sums
+
+    grad_fn = jax.value_and_grad(microbatch_loss, has_aux=True)
+    params = state.params
+    if cfg.num_microbatches == 1:
+        (loss, sums), grads = grad_fn(params, batch, weights_BxT)
+    else:
+        mbs = _microbatches((batch, weights_BxT), cfg.num_microbatches)
+        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+
+        def accumulate(carry, mb):
+            grads_acc, loss_acc, sums_acc = carry
+            (loss, sums), grads = grad_fn(params, *mb)
+            grads_acc = jax.tree.map(lambda a, g: a + g.astype(jnp.float32), grads_acc, grads)
+            sums_acc = _merge_sums(sums_acc, sums)
+            return (grads_acc, loss_acc + loss, sums_acc), None
+
+        first = jax.tree.map(lambda x: x[0], mbs)
+        (loss0, sums0), grads0 = grad_fn(params, *first)
+        init = (jax.tree.map(lambda a, g: a + g.astype(jnp.float32), zeros, grads0), loss0, sums0)
+        rest = jax.tree.map(lambda x: x[1:], mbs)
+        (grads, loss, sums), _ = jax.lax.scan(accumulate, init, rest)
+        grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
+
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updates, opt_state = optimizer.update(grads, state.opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731  (skip a non-finite update)
+    skipped = (~finite).astype(jnp.int32)
+    new_state = TrainState(
+        step=state.step + 1,
+        params=jax.tree.map(keep, new_params, params),
+        opt_state=jax.tree.map(keep, opt_state, state.opt_state),
+        skipped_updates=state.skipped_updates + skipped,
+        consecutive_skips=jnp.where(finite, 0, state.consecutive_skips + 1),
+    )
+    metrics = losses.finish_metrics(loss, sums)
+    metrics.update(
+        entropy=sums["entropy_sum"] / jnp.maximum(sums["tokens"], 1.0),
+        grad_norm=grad_norm,
+        skipped=skipped,
+        num_sequences=jnp.asarray(num_sequences, jnp.int32),
+    )
+    return new_state, metrics
+
+
+def _merge_sums(a: dict, b: dict) -> dict:
+    out = {}
+    for key in a:
+        if key == "ratio_min":
+            out[key] = jnp.minimum(a[key], b[key])
+        elif key == "ratio_max":
+            out[key] = jnp.maximum(a[key], b[key])
+        else:
+            out[key] = a[key] + b[key]
+    return out
+
+
+def batch_shardings(batch: GRPOBatch, sharding: Sharding) -> GRPOBatch:
+    """Rows over the mesh's batch axes; nothing else split."""
+    return jax.tree.map(lambda x: sharding.named(BATCH_AXES[:x.ndim], x.shape), batch)
+
+
+def make_grpo_step(cfg: GRPOConfig, model_cfg: models.ModelConfig,
+                   optimizer: optax.GradientTransformation, state: TrainState,
+                   sharding: Sharding | None = None):
+    """``grpo_step`` jitted once: explicit in/out shardings from ``state``, the state donated (the
+    reference parameters never are). Returns ``step(state, batch, ref_params) -> (state, metrics)``.
+    """
+    step = functools.partial(grpo_step, cfg=cfg, model_cfg=model_cfg, optimizer=optimizer,
+                             sharding=sharding)
+    if sharding is None:
+        return jax.jit(step, donate_argnums=(0,))
+    state_sh = shardings_of(state)
+    param_sh = models.param_shardings(model_cfg, sharding)
+    compiled: dict = {}
+
+    def call(state, batch, ref_params):
+        # Batch shardings depend on which optional fields are present and on shapes.
+        key = (jax.tree.structure(batch), tuple(x.shape for x in jax.tree.leaves(batch)),
+               ref_params is None)
+        if key not in compiled:
+            batch_sh = batch_shardings(batch, sharding)
+            compiled[key] = (batch_sh, jax.jit(
+                step,
+                in_shardings=(state_sh, batch_sh, None if ref_params is None else param_sh),
+                out_shardings=(state_sh, sharding.replicated()),
+                donate_argnums=(0,)))
+        batch_sh, fn = compiled[key]
+        # Rollout outputs arrive in the sampler's layout; rows move to the trainer's.
+        return fn(state, jax.device_put(batch, batch_sh), ref_params)
+
+    return call
+
+
+@functools.partial(jax.jit, static_argnames=("model_cfg", "completion_length", "temperature",
+                                             "impl", "sharding"))
+def rollout_logprobs(params, tokens_BxL, attention_mask_BxL, *, model_cfg, completion_length,
+                     temperature, impl="auto", sharding=None):
+    """Per-token log-probs of a rollout's completions under ``params`` (old policy or reference),
+    computed once per rollout, without gradients."""
+    return completion_logprobs(model_cfg, params, tokens_BxL, attention_mask_BxL,
+                               completion_length, temperature=temperature, impl=impl,
+                               sharding=sharding)[0]
