@@ -122,6 +122,9 @@ class SentencePieceTokenizer(Tokenizer):
         return list(self._sp.encode(text))
 
     def _decode(self, ids, skip_special):
+        # A model's embedding may be larger than the vocabulary (padded for sharding); ids beyond
+        # the vocabulary decode to nothing, as in Hugging Face tokenizers.
+        ids = [i for i in ids if 0 <= i < self.vocab_size]
         if not skip_special:
             return "".join(self._sp.id_to_piece(i) if i in self._control else self._sp.decode([i])
                            for i in ids)

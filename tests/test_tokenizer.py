@@ -75,6 +75,7 @@ def test_sentencepiece_matches_the_sentencepiece_library(sp_model):
     # User-defined symbols are single tokens wherever they appear.
     for symbol in ("<think>", "19"):
         assert sp_model.encode(f"x{symbol}y").count(sp_model.token_to_id(symbol)) == 1
+    assert sp_model.decode(sp_model.encode("fox") + [sp_model.vocab_size + 5]) == "fox"
     ids = sp_model.encode("hi", add_bos=True, add_eos=True)
     assert sp_model.decode(ids) == "hi"
     assert sp_model.decode(ids, skip_special=False) == "<s>hi</s>"
