@@ -20,7 +20,8 @@ def _check(ok: bool, message: str) -> None:
 class LossConfig:
     """The clipped surrogate, the KL penalty and how per-token losses are aggregated.
 
-    Defaults are DeepSeekMath's GRPO (ε = 0.2, β = 0.04, k3, per-sequence token mean). DAPO:
+    Defaults are DeepSeekMath's GRPO (ε = 0.2, β = 0.04, k3, per-sequence token mean). DeepSeek-R1
+    used ε = 10 (with ``epsilon_low >= 1`` the lower bound is inactive since ρ > 0). DAPO:
     ``epsilon_high=0.28, loss_agg="token-mean", beta=0``; Dr. GRPO: ``loss_agg=
     "seq-mean-token-sum-norm"`` with ``advantage_mode="dr_grpo"``; GSPO: ``ratio_level="sequence"``.
     """
@@ -40,8 +41,6 @@ class LossConfig:
     def __post_init__(self):
         _check(self.epsilon_low >= 0 and self.epsilon_high >= 0,
                f"epsilon_low/epsilon_high must be >= 0, got {self.epsilon_low}/{self.epsilon_high}")
-        _check(self.epsilon_low < 1, f"epsilon_low must be < 1 (ratio floor 1 - ε > 0), got "
-                                     f"{self.epsilon_low}")
         _check(self.dual_clip is None or self.dual_clip > 1,
                f"dual_clip must be > 1 or None, got {self.dual_clip}")
         _check(self.beta >= 0, f"beta must be >= 0, got {self.beta}")

@@ -15,9 +15,10 @@ from r1jax.rl.config import GRPOConfig
 
 @dataclasses.dataclass(frozen=True)
 class ModelSource:
-    """Where the policy starts: a Hugging Face-format directory (weights + tokenizer), or a preset
-    with random weights. ``pretrain_config`` names the experiment that produces a missing
-    ``checkpoint`` (the tiny base model); relative paths are from the repository root."""
+    """Where the policy starts: a Hugging Face-format directory (weights + tokenizer) or, without
+    one, a preset with random weights (benchmarks, tests). With both, the checkpoint must have the
+    preset's architecture (the preset also lets ``launch/aot.py`` size a run without the weights).
+    ``pretrain_config`` names the experiment that produces a missing ``checkpoint``."""
 
     checkpoint: str | None = None
     preset: str | None = None
@@ -27,11 +28,11 @@ class ModelSource:
     remat: str = "none"
 
     def __post_init__(self):
-        if (self.checkpoint is None) == (self.preset is None):
-            raise ValueError("set exactly one of model.checkpoint (a Hugging Face directory) and "
-                             "model.preset (random weights)")
-        if self.preset is not None and self.tokenizer is None:
-            raise ValueError("model.preset needs model.tokenizer (a tokenizer.json or .model file)")
+        if self.checkpoint is None and self.preset is None:
+            raise ValueError("set model.checkpoint (a Hugging Face directory) or model.preset")
+        if self.checkpoint is None and self.tokenizer is None:
+            raise ValueError("model.preset without a checkpoint needs model.tokenizer (a "
+                             "tokenizer.json or .model file)")
 
 
 @dataclasses.dataclass(frozen=True)

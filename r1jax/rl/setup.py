@@ -24,6 +24,8 @@ def load_policy(source: ModelSource, sharding: Sharding):
         model_cfg, params = hf.load_pretrained(source.checkpoint, mesh=sharding.mesh,
                                                dtype=source.dtype, rules=sharding.rules)
         model_cfg = model_cfg.replace(remat=source.remat)
+        if source.preset is not None:
+            _check_architecture(model_cfg, models.get_config(source.preset), source)
     else:
         overrides = {"remat": source.remat}
         if source.dtype:
@@ -35,6 +37,16 @@ def load_policy(source: ModelSource, sharding: Sharding):
         raise ValueError(f"tokenizer {tokenizer.path} has {tokenizer.vocab_size} tokens but the "
                          f"model's vocabulary is {model_cfg.vocab_size}")
     return model_cfg, params, tokenizer
+
+
+def _check_architecture(loaded: models.ModelConfig, preset: models.ModelConfig,
+                        source: ModelSource) -> None:
+    for field in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+                  "num_kv_heads", "head_dim", "tie_embeddings", "qkv_bias", "qk_norm"):
+        if getattr(loaded, field) != getattr(preset, field):
+            raise ValueError(
+                f"model.checkpoint {source.checkpoint} has {field}={getattr(loaded, field)} but "
+                f"model.preset {source.preset!r} has {getattr(preset, field)}; fix model.preset")
 
 
 def load_problems(source: DataSource, split: str) -> ProblemSet:
