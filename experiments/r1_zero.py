@@ -33,6 +33,7 @@ on the 671B base: 15.6% → 71.0%). Other arguments: ``seed``, ``steps``, ``beta
 import os
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_BASE = os.path.join(ROOT, "experiments", "assets", "tiny_base")
@@ -57,13 +58,51 @@ def parse_arg(arg):
     return values
 
 
-def tiny():
-    """The CPU run: the tiny base model on synthetic arithmetic chains."""
+def base():
+    """Every setting a run has, so any of them can be overridden from the command line."""
+    return dict(
+        name="r1_zero", steps=60, prompts_per_step=16, dynamic_sampling=False, max_refills=4,
+        # Optional settings are typed placeholders (None until set) so flags can override them.
+        model=dict(checkpoint=placeholder(str), preset=placeholder(str),
+                   tokenizer=placeholder(str), pretrain_config=placeholder(str),
+                   dtype=placeholder(str), remat="none"),
+        data=dict(train="synthetic:arithmetic", test="synthetic:arithmetic", difficulty=3,
+                  num_train=20_000, num_test=200, seed=0, template="r1_zero",
+                  max_prompt_tokens=256, skip_bad_lines=False),
+        rollout=dict(max_new_tokens=64, temperature=1.0, top_p=1.0, top_k=0,
+                     stop_strings=("</answer>",)),
+        grpo=dict(
+            group_size=8, temperature=1.0, advantage_mode="grpo", advantage_eps=1e-4,
+            num_minibatches=1, num_iterations=1, num_microbatches=1, old_logprobs="recompute",
+            ref_update_interval=placeholder(int), logprob_impl="auto", max_consecutive_skips=5,
+            loss=dict(epsilon_low=0.2, epsilon_high=0.2, dual_clip=placeholder(float), beta=0.0,
+                      kl_estimator="k3", loss_agg="seq-mean-token-mean", ratio_level="token",
+                      loss_norm_length=placeholder(int), tis_cap=placeholder(float)),
+            optim=dict(learning_rate=1e-6, warmup_steps=0, schedule="constant", total_steps=1000,
+                       final_lr_fraction=0.1, b1=0.9, b2=0.99, eps=1e-8, weight_decay=0.0,
+                       max_grad_norm=1.0)),
+        rewards=dict(weights={"accuracy": 1.0, "format": 1.0},
+                     overlong_max_tokens=placeholder(int),
+                     overlong_cache_tokens=0, num_workers=2, timeout_s=30.0),
+        eval=dict(every=20, num_problems=200, num_samples=2, temperature=0.6, top_p=0.95,
+                  max_new_tokens=64),
+        checkpoint=dict(every=10, max_to_keep=2, keep_best=False),
+        logging=dict(every=1, samples_every=10, num_samples=2, tensorboard=True,
+                     progress_bar=True),
+        mesh=dict(data=1, fsdp=-1, tensor=1),
+    )
+
+
+def tiny(values):
+    """The CPU run: the tiny base model on synthetic arithmetic chains (``ckpt=`` swaps in another
+    small Hugging Face-format checkpoint)."""
+    model = dict(checkpoint=TINY_BASE, pretrain_config=PRETRAIN)
+    if "ckpt" in values:
+        model = dict(checkpoint=values["ckpt"], pretrain_config=None)
     return dict(
         name="r1_zero_tiny", steps=60, prompts_per_step=16,
-        model=dict(checkpoint=TINY_BASE, pretrain_config=PRETRAIN),
-        data=dict(train="synthetic:arithmetic", test="synthetic:arithmetic", difficulty=3,
-                  num_train=20_000, num_test=200, template="r1_zero", max_prompt_tokens=256),
+        model=model,
+        data=dict(difficulty=3, num_train=20_000, num_test=200),
         rollout=dict(max_new_tokens=64, temperature=1.0),
         grpo=dict(
             group_size=8, temperature=1.0,
@@ -73,10 +112,8 @@ def tiny():
             optim=dict(learning_rate=2e-4, warmup_steps=3, b2=0.99, weight_decay=0.0,
                        max_grad_norm=1.0)),
         rewards=dict(weights={"accuracy": 1.0, "format": 0.2}, num_workers=2),
-        eval=dict(every=20, num_problems=200, num_samples=2, temperature=0.6, top_p=0.95,
-                  max_new_tokens=64),
-        checkpoint=dict(every=10, max_to_keep=2, keep_best=False),
-        logging=dict(every=1, samples_every=10, num_samples=2),
+        eval=dict(every=20, num_problems=200, num_samples=2, max_new_tokens=64),
+        checkpoint=dict(every=10, max_to_keep=2),
         mesh=dict(data=-1, fsdp=1, tensor=1),
     )
 
@@ -115,10 +152,21 @@ def paper(model, values):
     )
 
 
+def _merge(into, update):
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict) and key != "weights":
+            _merge(into[key], value)
+        elif hasattr(into.get(key), "set"):  # a typed placeholder keeps its type
+            into[key].set(value)
+        else:
+            into[key] = value
+    return into
+
+
 def get_config(arg=None):
     values = parse_arg(arg)
     model = values.get("model", "tiny")
-    settings = tiny() if model == "tiny" else paper(model, values)
+    settings = _merge(base(), tiny(values) if model == "tiny" else paper(model, values))
     config = ml_collections.ConfigDict(dict(job="grpo", seed=values.get("seed", 0), **settings))
     for key, field in (("steps", "steps"), ("prompts", "prompts_per_step"),
                        ("group", "grpo.group_size"), ("beta", "grpo.loss.beta"),

@@ -38,6 +38,17 @@ def default_workdir(config_spec: str) -> str:
     return os.path.join("runs", name)
 
 
+def read_summary(workdir: str) -> dict:
+    """A finished run's ``summary.json``."""
+    import json
+
+    path = os.path.join(workdir, "summary.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: the run has no summary (did it finish?)")
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
 def _distributed_config(config) -> DistributedConfig:
     section = config.get("distributed") if hasattr(config, "get") else None
     if not section:
