@@ -1,9 +1,10 @@
 """Multi-host runtime: ``jax.distributed`` start-up, per-process data, and who writes.
 
 TPU pods, SLURM and Open MPI jobs are detected by JAX itself (``initialize()`` needs no
-arguments there); other clusters pass a coordinator address, the process count and this process's
-id (or set ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``). On CPU the
-cross-process collectives use gloo.
+arguments there; ``R1JAX_DISTRIBUTED=auto`` asks for it where no environment variable shows the
+cluster, as on Cloud TPU VMs); other clusters pass a coordinator address, the process count and
+this process's id (or set ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``).
+On CPU the cross-process collectives use gloo.
 """
 from __future__ import annotations
 
@@ -52,7 +53,8 @@ def initialize(cfg: DistributedConfig = DistributedConfig()) -> bool:
         return jax.process_count() > 1
     cfg = _from_env(cfg)
     explicit = cfg.coordinator_address is not None
-    detected = any(os.environ.get(k) for k in _CLUSTER_ENV)
+    detected = any(os.environ.get(k) for k in _CLUSTER_ENV) or \
+        os.environ.get("R1JAX_DISTRIBUTED") == "auto"
     if os.environ.get("SLURM_NTASKS") == "1":
         detected = False
     if not explicit and not detected:

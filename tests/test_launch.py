@@ -126,3 +126,16 @@ def test_aot_reports_per_chip_memory_for_tiny(tmp_path):
     assert report["chips"] == 4 and report["fits"] is True
     step = report["programs"][0]
     assert step["name"] == "grpo_step" and step["argument_bytes"] > 0 and step["temp_bytes"] > 0
+
+
+def test_tpu_pod_prints_setup_and_run_on_every_worker():
+    cmd = [sys.executable, "launch/tpu_pod.py", "--tpu=r1", "--zone=us-east5-a", "--create",
+           "--config=experiments/r1_zero.py:model=qwen2.5-math-7b", "--workdir=/gcs/runs/r1",
+           "--override=steps=10"]
+    done = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    create, setup, run = done.stdout.strip().splitlines()
+    assert create.startswith("gcloud compute tpus tpu-vm create r1 --accelerator-type=v5p-64")
+    assert "--worker=all" in setup and "pip install -q -e" in setup
+    assert "--worker=all" in run and "R1JAX_DISTRIBUTED=auto nohup python launch/run.py" in run
+    assert "--config.steps=10" in run and '"/gcs/runs/r1/host_$(hostname).log"' in run
