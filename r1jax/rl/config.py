@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import dataclasses
 
+from r1jax.optim import OptimConfig
+
 KL_ESTIMATORS = ("k1", "k2", "k3")
 LOSS_AGGREGATIONS = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
 RATIO_LEVELS = ("token", "sequence")
 ADVANTAGE_MODES = ("grpo", "dr_grpo", "rloo")
-SCHEDULES = ("constant", "cosine")
 OLD_LOGPROBS = ("recompute", "sampler")
 
 
@@ -54,33 +55,6 @@ class LossConfig:
                f"loss_norm_length must be positive, got {self.loss_norm_length}")
         _check(self.tis_cap is None or self.tis_cap >= 1,
                f"tis_cap must be >= 1 or None, got {self.tis_cap}")
-
-
-@dataclasses.dataclass(frozen=True)
-class OptimConfig:
-    """AdamW with linear warmup then a constant or cosine schedule, and global-norm clipping."""
-
-    learning_rate: float = 1e-6
-    warmup_steps: int = 0
-    schedule: str = "constant"
-    total_steps: int = 1000  # for the cosine schedule
-    final_lr_fraction: float = 0.1
-    b1: float = 0.9
-    b2: float = 0.99
-    eps: float = 1e-8
-    weight_decay: float = 0.0
-    max_grad_norm: float | None = 1.0
-
-    def __post_init__(self):
-        _check(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}")
-        _check(self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}")
-        _check(self.schedule in SCHEDULES, f"schedule {self.schedule!r} is not one of {SCHEDULES}")
-        _check(self.total_steps > self.warmup_steps or self.schedule == "constant",
-               f"total_steps ({self.total_steps}) must exceed warmup_steps ({self.warmup_steps})")
-        _check(0 <= self.final_lr_fraction <= 1,
-               f"final_lr_fraction must be in [0, 1], got {self.final_lr_fraction}")
-        _check(self.max_grad_norm is None or self.max_grad_norm > 0,
-               f"max_grad_norm must be > 0 or None, got {self.max_grad_norm}")
 
 
 @dataclasses.dataclass(frozen=True)

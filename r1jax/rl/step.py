@@ -16,10 +16,10 @@ import jax.numpy as jnp
 import optax
 
 from r1jax import models
+from r1jax.optim import TrainState, accumulate, guarded_update, shardings_of
 from r1jax.rl import losses
 from r1jax.rl.config import GRPOConfig
 from r1jax.rl.logprobs import completion_logprobs
-from r1jax.rl.state import TrainState, shardings_of
 from r1jax.sharding import Sharding
 
 
@@ -49,15 +49,6 @@ class GRPOBatch:
 
 
 BATCH_AXES = ("batch", "length")
-
-
-def _microbatches(tree, num: int):
-    """Split every array's leading axis into ``num`` equal microbatches ``[num, B/num, …]``."""
-    def split(x):
-        if x.shape[0] % num:
-            raise ValueError(f"batch of {x.shape[0]} rows does not split into {num} microbatches")
-        return x.reshape(num, x.shape[0] // num, *x.shape[1:])
-    return jax.tree.map(split, tree)
 
 
 def grpo_step(state: TrainState, batch: GRPOBatch, ref_params: Any, *, cfg: GRPOConfig,
@@ -94,61 +85,16 @@ def grpo_step(state: TrainState, batch: GRPOBatch, ref_params: Any, *, cfg: GRPO
         sums["entropy_sum"] = jnp.sum(mask * entropy)
         return loss, sums
 
-    grad_fn = jax.value_and_grad(microbatch_loss, has_aux=True)
-    params = state.params
-    if cfg.num_microbatches == 1:
-        (loss, sums), grads = grad_fn(params, batch, weights_BxT)
-    else:
-        mbs = _microbatches((batch, weights_BxT), cfg.num_microbatches)
-        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-
-        def accumulate(carry, mb):
-            grads_acc, loss_acc, sums_acc = carry
-            (loss, sums), grads = grad_fn(params, *mb)
-            grads_acc = jax.tree.map(lambda a, g: a + g.astype(jnp.float32), grads_acc, grads)
-            sums_acc = _merge_sums(sums_acc, sums)
-            return (grads_acc, loss_acc + loss, sums_acc), None
-
-        first = jax.tree.map(lambda x: x[0], mbs)
-        (loss0, sums0), grads0 = grad_fn(params, *first)
-        init = (jax.tree.map(lambda a, g: a + g.astype(jnp.float32), zeros, grads0), loss0, sums0)
-        rest = jax.tree.map(lambda x: x[1:], mbs)
-        (grads, loss, sums), _ = jax.lax.scan(accumulate, init, rest)
-        grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
-
-    grad_norm = optax.tree.norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    updates, opt_state = optimizer.update(grads, state.opt_state, params)
-    new_params = optax.apply_updates(params, updates)
-    keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731  (skip a non-finite update)
-    skipped = (~finite).astype(jnp.int32)
-    new_state = TrainState(
-        step=state.step + 1,
-        params=jax.tree.map(keep, new_params, params),
-        opt_state=jax.tree.map(keep, opt_state, state.opt_state),
-        skipped_updates=state.skipped_updates + skipped,
-        consecutive_skips=jnp.where(finite, 0, state.consecutive_skips + 1),
-    )
+    (loss, sums), grads = accumulate(lambda p, mb: microbatch_loss(p, *mb), state.params,
+                                     (batch, weights_BxT), cfg.num_microbatches)
+    new_state, update_metrics = guarded_update(state, grads, loss, optimizer)
     metrics = losses.finish_metrics(loss, sums)
     metrics.update(
         entropy=sums["entropy_sum"] / jnp.maximum(sums["tokens"], 1.0),
-        grad_norm=grad_norm,
-        skipped=skipped,
         num_sequences=jnp.asarray(num_sequences, jnp.int32),
+        **update_metrics,
     )
     return new_state, metrics
-
-
-def _merge_sums(a: dict, b: dict) -> dict:
-    out = {}
-    for key in a:
-        if key == "ratio_min":
-            out[key] = jnp.minimum(a[key], b[key])
-        elif key == "ratio_max":
-            out[key] = jnp.maximum(a[key], b[key])
-        else:
-            out[key] = a[key] + b[key]
-    return out
 
 
 def batch_shardings(batch: GRPOBatch, sharding: Sharding) -> GRPOBatch:

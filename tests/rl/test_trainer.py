@@ -1,5 +1,4 @@
 """The GRPO training loop end to end on a tiny policy: files, resume, and bad configs."""
-import json
 import os
 
 import numpy as np
