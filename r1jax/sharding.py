@@ -45,6 +45,15 @@ DEFAULT_RULES: Rules = (
 )
 
 
+@dataclasses.dataclass(frozen=True)
+class MeshSettings:
+    """Mesh axis sizes from a config; one may be -1 (all remaining devices)."""
+
+    data: int = 1
+    fsdp: int = -1
+    tensor: int = 1
+
+
 def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A mesh over ``(data, fsdp, tensor)``; one entry of ``shape`` may be -1 (= the rest).
 

@@ -26,6 +26,8 @@ class Problem:
     ``tests`` are code test cases in the JSON form ``r1jax.rewards.code.parse_tests`` reads;
     ``code_prefix`` is code the completion continues (HumanEval's prompt) and ``test_setup`` code
     run before the tests. ``verifier(answer_text) -> bool`` judges the extracted final answer.
+    ``general`` marks a prompt with no rule to judge it (writing, chat): a preference reward model
+    scores its completions (DeepSeek-R1's final RL stage).
     """
 
     id: str
@@ -38,16 +40,20 @@ class Problem:
     language: str | None = None
     source: str = ""
     verifier: Callable[[str], bool] | None = None
+    general: bool = False
 
     def __post_init__(self):
         if not self.question.strip():
             raise DataError("empty question", path=self.source, field="question")
-        if not (self.answer.strip() or self.tests or self.verifier is not None):
+        if not (self.answer.strip() or self.tests or self.verifier is not None or self.general):
             raise DataError(f"problem {self.id!r} has no answer, tests or verifier", path=self.source)
 
     @property
     def kind(self) -> str:
-        """How a completion is judged: ``"verifier"``, ``"code"`` or ``"math"``."""
+        """How a completion is judged: ``"general"`` (a reward model), ``"verifier"``, ``"code"``
+        or ``"math"``."""
+        if self.general:
+            return "general"
         if self.verifier is not None:
             return "verifier"
         return "code" if self.tests else "math"

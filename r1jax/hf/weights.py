@@ -43,7 +43,11 @@ def _weight_files(checkpoint_dir: str) -> dict[str, str]:
                     f"{index_path}: lists shard {file!r}, which is missing from {checkpoint_dir}"
                 )
         return {name: os.path.join(checkpoint_dir, file) for name, file in weight_map.items()}
+    # Without an index, model.safetensors holds the weights; other files (a reward head, say) are
+    # not the decoder's. Only when it is absent are all *.safetensors files read.
     files = sorted(f for f in os.listdir(checkpoint_dir) if f.endswith(".safetensors"))
+    if SINGLE_FILE in files:
+        files = [SINGLE_FILE]
     if not files:
         present = ", ".join(sorted(os.listdir(checkpoint_dir))) or "nothing"
         raise FileNotFoundError(

@@ -1,8 +1,10 @@
 """One sample's rewards: each component computed, then a weighted sum chosen in the config.
 
 Components (``COMPONENTS``): ``accuracy`` (a task verifier, the code sandbox or math-verify, by what
-the sample carries), ``format``, ``language`` (consistency of the CoT) and ``overlong`` (DAPO's
-length shaping). A component that cannot judge (None) or raises makes the total None when its
+the sample carries), ``preference`` (a reward model's score, for general prompts), ``format``,
+``language`` (consistency of the CoT) and ``overlong`` (DAPO's length shaping). Per prompt type:
+rule rewards judge reasoning prompts and the reward model judges general ones; each counts 0 on
+the other type. A component that cannot judge (None) or raises makes the total None when its
 weight is non-zero: the trainer drops such samples from the advantages and counts them.
 """
 from __future__ import annotations
@@ -17,7 +19,7 @@ from r1jax.rewards.language import language_consistency
 from r1jax.rewards.math_verifier import math_accuracy
 from r1jax.rewards.overlong import overlong_penalty
 
-COMPONENTS = ("accuracy", "format", "language", "overlong")
+COMPONENTS = ("accuracy", "preference", "format", "language", "overlong")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +39,8 @@ class RewardInput:
     language: str | None = None
     num_tokens: int = 0
     verifier: Callable[[str], bool] | None = None
+    general: bool = False
+    preference: float | None = None
 
     @classmethod
     def from_problem(cls, problem: Any, completion: str, num_tokens: int = 0) -> "RewardInput":
@@ -45,7 +49,8 @@ class RewardInput:
         return cls(completion=completion, answer=problem.answer, tests=tuple(problem.tests),
                    entry_point=problem.entry_point, code_prefix=problem.code_prefix,
                    test_setup=problem.test_setup, language=problem.language,
-                   num_tokens=num_tokens, verifier=problem.verifier)
+                   num_tokens=num_tokens, verifier=problem.verifier,
+                   general=getattr(problem, "general", False))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,7 +125,10 @@ def score(sample: RewardInput, config: RewardConfig = RewardConfig()) -> RewardB
 
 
 def accuracy(sample: RewardInput, config: RewardConfig) -> float | None:
-    """The accuracy component, judged by the sample's verifier, tests or gold answer."""
+    """The accuracy component, judged by the sample's verifier, tests or gold answer. General
+    prompts have no rule: 0 (the same for every sample of the prompt, so it moves no advantage)."""
+    if sample.general:
+        return 0.0
     if sample.verifier is not None:
         answer = extract_answer(sample.completion)
         return float(answer is not None and bool(sample.verifier(answer)))
@@ -132,6 +140,14 @@ def accuracy(sample: RewardInput, config: RewardConfig) -> float | None:
     if sample.answer.strip():
         return math_accuracy(sample.completion, sample.answer)
     raise ValueError("sample has no verifier, tests or gold answer to judge accuracy by")
+
+
+def _preference(sample: RewardInput, config: RewardConfig) -> float | None:
+    """A preference reward model's score of a general prompt's completion (computed on the device
+    by the trainer and carried in ``sample.preference``); 0 for prompts judged by rules."""
+    if not sample.general:
+        return 0.0
+    return sample.preference
 
 
 def _format(sample: RewardInput, config: RewardConfig) -> float:
@@ -147,5 +163,6 @@ def _overlong(sample: RewardInput, config: RewardConfig) -> float:
 
 
 _COMPONENT_FNS: dict[str, Callable[[RewardInput, RewardConfig], float | None]] = {
-    "accuracy": accuracy, "format": _format, "language": _language, "overlong": _overlong,
+    "accuracy": accuracy, "preference": _preference, "format": _format, "language": _language,
+    "overlong": _overlong,
 }

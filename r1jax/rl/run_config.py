@@ -10,29 +10,9 @@ from typing import Mapping
 
 from r1jax.configdict import ConfigError, from_config
 from r1jax.distributed import DistributedConfig
+from r1jax.policy import ModelSource
+from r1jax.sharding import MeshSettings
 from r1jax.rl.config import GRPOConfig
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelSource:
-    """Where the policy starts: a Hugging Face-format directory (weights + tokenizer) or, without
-    one, a preset with random weights (benchmarks, tests). With both, the checkpoint must have the
-    preset's architecture (the preset also lets ``launch/aot.py`` size a run without the weights).
-    ``pretrain_config`` names the experiment that produces a missing ``checkpoint``."""
-
-    checkpoint: str | None = None
-    preset: str | None = None
-    tokenizer: str | None = None
-    pretrain_config: str | None = None
-    dtype: str | None = None
-    remat: str = "none"
-
-    def __post_init__(self):
-        if self.checkpoint is None and self.preset is None:
-            raise ValueError("set model.checkpoint (a Hugging Face directory) or model.preset")
-        if self.checkpoint is None and self.tokenizer is None:
-            raise ValueError("model.preset without a checkpoint needs model.tokenizer (a "
-                             "tokenizer.json or .model file)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,13 +81,6 @@ class LoggingSettings:
     num_samples: int = 2
     tensorboard: bool = True
     progress_bar: bool = True
-
-
-@dataclasses.dataclass(frozen=True)
-class MeshSettings:
-    data: int = 1
-    fsdp: int = -1
-    tensor: int = 1
 
 
 @dataclasses.dataclass(frozen=True)

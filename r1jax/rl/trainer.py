@@ -27,7 +27,8 @@ from r1jax.rewards.combine import RewardConfig
 from r1jax.rewards.pool import RewardPool
 from r1jax.rl import batching
 from r1jax.rl.run_config import GRPORunConfig
-from r1jax.rl.setup import export_policy, load_policy, load_problems
+from r1jax.policy import export_policy, load_policy
+from r1jax.rl.setup import load_problems
 from r1jax.optim import init_train_state, learning_rate_schedule, make_optimizer
 from r1jax.rl.step import make_grpo_step, rollout_logprobs
 from r1jax.sharding import Sharding, make_mesh

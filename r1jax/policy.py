@@ -1,0 +1,86 @@
+"""The policy a trainer starts from and what it exports: Hugging Face-format directories.
+
+A run starts from a checkpoint directory (config.json, safetensors, tokenizer) or, without one,
+from a preset with random weights; it ends by exporting its parameters and tokenizer in the same
+format, which evaluation and the next stage of a pipeline load.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+
+import jax
+
+from r1jax import hf, models
+from r1jax.sharding import Sharding
+from r1jax.tokenizer import Tokenizer, load_tokenizer
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSource:
+    """Where the policy starts: a Hugging Face-format directory (weights + tokenizer) or, without
+    one, a preset with random weights (benchmarks, tests). With both, the checkpoint must have the
+    preset's architecture (the preset also lets ``launch/aot.py`` size a run without the weights).
+    ``pretrain_config`` names the experiment that produces a missing ``checkpoint``."""
+
+    checkpoint: str | None = None
+    preset: str | None = None
+    tokenizer: str | None = None
+    pretrain_config: str | None = None
+    dtype: str | None = None
+    remat: str = "none"
+
+    def __post_init__(self):
+        if self.checkpoint is None and self.preset is None:
+            raise ValueError("set model.checkpoint (a Hugging Face directory) or model.preset")
+        if self.checkpoint is None and self.tokenizer is None:
+            raise ValueError("model.preset without a checkpoint needs model.tokenizer (a "
+                             "tokenizer.json or .model file)")
+
+
+def load_policy(source: ModelSource, sharding: Sharding):
+    """``(model_cfg, params, tokenizer)``: a Hugging Face-format checkpoint placed on the mesh, or
+    a preset with random weights (for benchmarks and tests)."""
+    if source.checkpoint is not None:
+        if not os.path.isdir(source.checkpoint):
+            raise FileNotFoundError(
+                f"model.checkpoint {source.checkpoint!r} does not exist; point it at a Hugging "
+                "Face-format directory (config.json + *.safetensors + tokenizer)")
+        model_cfg, params = hf.load_pretrained(source.checkpoint, mesh=sharding.mesh,
+                                               dtype=source.dtype, rules=sharding.rules)
+        model_cfg = model_cfg.replace(remat=source.remat)
+        if source.preset is not None:
+            _check_architecture(model_cfg, models.get_config(source.preset), source)
+    else:
+        overrides = {"remat": source.remat}
+        if source.dtype:
+            overrides.update(dtype=source.dtype, param_dtype=source.dtype)
+        model_cfg = models.get_config(source.preset, **overrides)
+        params = models.init_sharded(model_cfg, jax.random.key(0), sharding)
+    tokenizer = load_tokenizer(source.tokenizer or source.checkpoint)
+    if tokenizer.vocab_size > model_cfg.vocab_size:
+        raise ValueError(f"tokenizer {tokenizer.path} has {tokenizer.vocab_size} tokens but the "
+                         f"model's vocabulary is {model_cfg.vocab_size}")
+    return model_cfg, params, tokenizer
+
+
+def _check_architecture(loaded: models.ModelConfig, preset: models.ModelConfig,
+                        source: ModelSource) -> None:
+    for field in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+                  "num_kv_heads", "head_dim", "tie_embeddings", "qkv_bias", "qk_norm"):
+        if getattr(loaded, field) != getattr(preset, field):
+            raise ValueError(
+                f"model.checkpoint {source.checkpoint} has {field}={getattr(loaded, field)} but "
+                f"model.preset {source.preset!r} has {getattr(preset, field)}; fix model.preset")
+
+
+def export_policy(path: str, model_cfg: models.ModelConfig, params, tokenizer: Tokenizer) -> None:
+    """Params in Hugging Face format plus the tokenizer file: what evaluation and later stages load."""
+    hf.save_pretrained(path, model_cfg, params)
+    if jax.process_index() == 0:
+        target = "tokenizer.json" if tokenizer.path.endswith(".json") else "tokenizer.model"
+        shutil.copyfile(tokenizer.path, os.path.join(path, target))
+        config = os.path.join(os.path.dirname(tokenizer.path), "tokenizer_config.json")
+        if target == "tokenizer.json" and os.path.isfile(config):
+            shutil.copyfile(config, os.path.join(path, "tokenizer_config.json"))
