@@ -81,7 +81,7 @@ def base():
             optim=dict(learning_rate=1e-6, warmup_steps=0, schedule="constant", total_steps=1000,
                        final_lr_fraction=0.1, b1=0.9, b2=0.99, eps=1e-8, weight_decay=0.0,
                        max_grad_norm=1.0)),
-        rewards=dict(weights={"accuracy": 1.0, "format": 1.0},
+        rewards=dict(weights={"accuracy": 1.0, "format": 1.0}, reward_model=placeholder(str),
                      overlong_max_tokens=placeholder(int),
                      overlong_cache_tokens=0, num_workers=2, timeout_s=30.0),
         eval=dict(every=20, num_problems=200, num_samples=2, temperature=0.6, top_p=0.95,

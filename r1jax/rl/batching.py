@@ -50,14 +50,24 @@ class ScoredRollout:
 
 
 def score(rollout: Rollout, problems: Sequence[Problem], tokenizer: Tokenizer,
-          reward_cfg: RewardConfig, pool: RewardPool | None, prompt_tokens=None) -> ScoredRollout:
-    """Decode every completion and score it against its problem (row ``p·G + g`` → problem p)."""
+          reward_cfg: RewardConfig, pool: RewardPool | None, reward_model=None) -> ScoredRollout:
+    """Decode every completion and score it against its problem (row ``p·G + g`` → problem p).
+
+    Completions of general prompts are first scored by ``reward_model`` (a
+    ``r1jax.rm.RewardModelScorer``), which becomes their ``preference`` component.
+    """
     group = rollout.group_size
     tokens = np.asarray(rollout.tokens)
     lengths = np.asarray(rollout.lengths)
     texts = [tokenizer.decode(tokens[i, :lengths[i]].tolist()) for i in range(len(tokens))]
     samples = [RewardInput.from_problem(problems[i // group], text, int(lengths[i]))
                for i, text in enumerate(texts)]
+    general = [i for i, s in enumerate(samples) if s.general]
+    if general and reward_model is not None:
+        values = reward_model.score([problems[i // group].question for i in general],
+                                    [texts[i] for i in general])
+        for i, value in zip(general, values):
+            samples[i] = dataclasses.replace(samples[i], preference=float(value))
     batch = score_batch(samples, reward_cfg, pool)
     totals = np.array([np.nan if t is None else t for t in batch.totals], np.float64)
     components = {}

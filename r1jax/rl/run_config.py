@@ -45,10 +45,12 @@ class RolloutSettings:
 
 @dataclasses.dataclass(frozen=True)
 class RewardSettings:
-    """Component weights (accuracy, format, language, overlong) and DAPO's overlong lengths."""
+    """Component weights (accuracy, preference, format, language, overlong), DAPO's overlong
+    lengths, and the preference reward model (an ``r1jax.rm`` export) that judges general prompts."""
 
     weights: Mapping[str, float] = dataclasses.field(
         default_factory=lambda: {"accuracy": 1.0, "format": 1.0})
+    reward_model: str | None = None
     overlong_max_tokens: int | None = None
     overlong_cache_tokens: int = 0
     num_workers: int = 2
@@ -118,6 +120,9 @@ class GRPORunConfig:
             raise ValueError(
                 f"a minibatch of {per_minibatch} rows does not split into grpo.num_microbatches = "
                 f"{self.grpo.num_microbatches}; choose a divisor of {per_minibatch}")
+        if self.rewards.weights.get("preference") and not self.rewards.reward_model:
+            raise ValueError("rewards.weights.preference needs rewards.reward_model (the export "
+                             "directory of an r1jax reward model)")
         if self.grpo.temperature != self.rollout.temperature:
             raise ValueError(
                 f"grpo.temperature ({self.grpo.temperature}) must equal rollout.temperature "

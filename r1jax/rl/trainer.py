@@ -77,6 +77,11 @@ def train(cfg: GRPORunConfig, workdir: str) -> dict:
     step_fn = make_grpo_step(cfg.grpo, model_cfg, optimizer, state, sharding)
     lr = learning_rate_schedule(cfg.grpo.optim)
     pool = RewardPool(cfg.rewards.num_workers, timeout_s=cfg.rewards.timeout_s)
+    reward_model = None
+    if cfg.rewards.reward_model:
+        from r1jax.rm import RewardModelScorer
+
+        reward_model = RewardModelScorer(cfg.rewards.reward_model, sharding=sharding)
     updates_per_step = cfg.grpo.num_minibatches * cfg.grpo.num_iterations
 
     def evaluate(step: int, params) -> dict:
@@ -105,7 +110,7 @@ def train(cfg: GRPORunConfig, workdir: str) -> dict:
                 temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                 top_k=cfg.rollout.top_k, stop_ids=stop_ids, stop_strings=cfg.rollout.stop_strings,
                 tokenizer=tokenizer, pad_id=tokenizer.pad_id, sharding=sharding)
-            scored = batching.score(out, problems, tokenizer, reward_cfg, pool)
+            scored = batching.score(out, problems, tokenizer, reward_cfg, pool, reward_model)
             parts.append((out, scored, problems))
             zero_std = np.asarray(batching.advantages(
                 scored.rewards_PxG, cfg.grpo.advantage_mode, cfg.grpo.advantage_eps).zero_std_P)
