@@ -1,8 +1,12 @@
 """Jobs chained from an experiment config: the one function ``launch/run.py`` calls.
 
-``config.job`` picks the job: ``grpo`` (R1-Zero / reasoning RL), ``eval`` (a checkpoint on a
-benchmark), ``pretrain`` (the tiny base model). A GRPO run whose base checkpoint is missing first
-runs the experiment named by ``model.pretrain_config`` that produces it.
+``config.job`` picks the job: ``grpo`` (R1-Zero / reasoning RL), ``sft`` (cold start,
+rejection-sampling SFT, distillation), ``traces`` (rejection sampling / teacher traces),
+``reward_model``, ``eval`` (a checkpoint on a benchmark), ``pretrain`` (the tiny base model), or
+``stages``: several of these in order (DeepSeek-R1's pipeline), each in ``<workdir>/<stage>``,
+where ``{workdir}`` in any string setting names the pipeline's work directory (so a stage reads an
+earlier stage's export) and a stage that finished is not run again. A GRPO run whose base
+checkpoint is missing first runs the experiment named by ``model.pretrain_config``.
 """
 from __future__ import annotations
 
@@ -14,7 +18,8 @@ import jax
 
 from r1jax.distributed import DistributedConfig, initialize
 
-JOBS = ("grpo", "eval", "pretrain")
+JOBS = ("grpo", "sft", "traces", "reward_model", "eval", "pretrain", "stages")
+DONE_FILE = "stage_done.json"
 
 
 def load_experiment(spec: str):
@@ -68,10 +73,24 @@ def run(config: Any, workdir: str) -> dict:
         devices = jax.devices()
         print(f"[r1jax] job={job} workdir={workdir} processes={jax.process_count()} "
               f"devices={len(devices)}×{devices[0].device_kind}", flush=True)
+    if job == "stages":
+        return _run_stages(config, workdir)
     if job == "eval":
         from r1jax import eval as r1eval
 
         return r1eval.run(config, workdir)
+    if job == "sft":
+        from r1jax.sft import train as sft_train
+
+        return sft_train.run(config, workdir)
+    if job == "traces":
+        from r1jax.sft import rejection
+
+        return rejection.run(config, workdir)
+    if job == "reward_model":
+        from r1jax import rm
+
+        return rm.run(config, workdir)
     if job == "pretrain":
         from r1jax import pretrain
 
@@ -82,6 +101,45 @@ def run(config: Any, workdir: str) -> dict:
     cfg = GRPORunConfig.from_config(config)
     _ensure_base_model(cfg)
     return train(cfg, workdir)
+
+
+def _resolve(value: Any, workdir: str) -> Any:
+    if isinstance(value, str):
+        return value.replace("{workdir}", workdir)
+    if isinstance(value, dict):
+        return {k: _resolve(v, workdir) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_resolve(v, workdir) for v in value)
+    return value
+
+
+def _run_stages(config, workdir: str) -> dict:
+    """Each stage of ``config.order`` in turn; finished stages are skipped."""
+    import json
+
+    import ml_collections
+
+    summaries = {}
+    for name in config.order:
+        if name not in config.stages:
+            raise ValueError(f"config.order names stage {name!r}, which config.stages lacks")
+        stage_dir = os.path.join(workdir, name)
+        done = os.path.join(stage_dir, DONE_FILE)
+        if os.path.isfile(done):
+            with open(done, encoding="utf-8") as f:
+                summaries[name] = json.load(f)
+            print(f"[r1jax] stage {name}: already done", flush=True)
+            continue
+        print(f"[r1jax] stage {name}", flush=True)
+        stage = ml_collections.ConfigDict(_resolve(config.stages[name].to_dict(), workdir))
+        summary = run(stage, stage_dir)
+        summary = dict(getattr(summary, "metrics", summary))  # an evaluation's EvalResult
+        summaries[name] = json.loads(json.dumps(summary, default=str))
+        if jax.process_index() == 0:
+            os.makedirs(stage_dir, exist_ok=True)
+            with open(done, "w", encoding="utf-8") as f:
+                json.dump(summaries[name], f, indent=2)
+    return summaries
 
 
 def _ensure_base_model(cfg) -> None:

@@ -17,8 +17,8 @@ import jax.numpy as jnp
 
 from r1jax import models
 from r1jax.hf.config_io import load_config
-from r1jax.rl.run_config import GRPORunConfig
 from r1jax.optim import TrainState, make_optimizer
+from r1jax.rl.run_config import GRPORunConfig
 from r1jax.rl.step import GRPOBatch, batch_shardings, grpo_step
 from r1jax.sharding import Sharding, make_mesh
 

@@ -9,25 +9,11 @@ import dataclasses
 from typing import Mapping
 
 from r1jax.configdict import ConfigError, from_config
+from r1jax.data.sources import DataSource
 from r1jax.distributed import DistributedConfig
 from r1jax.policy import ModelSource
-from r1jax.sharding import MeshSettings
 from r1jax.rl.config import GRPOConfig
-
-
-@dataclasses.dataclass(frozen=True)
-class DataSource:
-    """Prompts: ``synthetic:<task>`` (arithmetic, countdown), ``humaneval``, or a JSONL path."""
-
-    train: str = "synthetic:arithmetic"
-    test: str = "synthetic:arithmetic"
-    difficulty: int = 2
-    num_train: int = 20_000
-    num_test: int = 200
-    seed: int = 0
-    template: str = "r1_zero"
-    max_prompt_tokens: int = 512
-    skip_bad_lines: bool = False
+from r1jax.sharding import MeshSettings
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,14 +22,14 @@ from r1jax import eval as r1eval
 from r1jax.checkpoint import Checkpointer, Preemption, run_guard
 from r1jax.configdict import to_dict
 from r1jax.data import Sampler, SamplerState, get_template
+from r1jax.data.sources import load_problems
 from r1jax.metrics import EVAL_FILE, MetricsWriter, markdown_table, plot_curves
+from r1jax.optim import init_train_state, learning_rate_schedule, make_optimizer
+from r1jax.policy import export_policy, load_policy
 from r1jax.rewards.combine import RewardConfig
 from r1jax.rewards.pool import RewardPool
 from r1jax.rl import batching
 from r1jax.rl.run_config import GRPORunConfig
-from r1jax.policy import export_policy, load_policy
-from r1jax.rl.setup import load_problems
-from r1jax.optim import init_train_state, learning_rate_schedule, make_optimizer
 from r1jax.rl.step import make_grpo_step, rollout_logprobs
 from r1jax.sharding import Sharding, make_mesh
 

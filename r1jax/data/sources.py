@@ -1,12 +1,33 @@
-"""The prompt sets a GRPO run loads before its first step."""
+"""Named prompt sets: what ``data.train`` / ``data.test`` of an experiment point at.
+
+``synthetic:<task>`` (arithmetic, countdown, general), ``humaneval``, or a JSONL path; ``a+b``
+mixes sets, each contributing up to ``num_train`` / ``num_test`` problems.
+"""
 from __future__ import annotations
 
+import dataclasses
 import os
 
-from r1jax.data import JsonlConfig, ProblemSet, SyntheticConfig, load_humaneval, load_jsonl
-from r1jax.data import problem_set
+from r1jax.data.humaneval import load_humaneval
+from r1jax.data.jsonl import JsonlConfig, load_jsonl
 from r1jax.data.preferences import general_problems
-from r1jax.rl.run_config import DataSource
+from r1jax.data.problem import ProblemSet
+from r1jax.data.synthetic import SyntheticConfig, problem_set
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSource:
+    """Prompts: ``synthetic:<task>`` (arithmetic, countdown), ``humaneval``, or a JSONL path."""
+
+    train: str = "synthetic:arithmetic"
+    test: str = "synthetic:arithmetic"
+    difficulty: int = 2
+    num_train: int = 20_000
+    num_test: int = 200
+    seed: int = 0
+    template: str = "r1_zero"
+    max_prompt_tokens: int = 512
+    skip_bad_lines: bool = False
 
 
 def load_problems(source: DataSource, split: str) -> ProblemSet:

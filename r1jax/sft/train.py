@@ -1,0 +1,167 @@
+"""Supervised fine-tuning (job ``sft``): cold start, rejection-sampling SFT and distillation.
+
+Examples are tokenized (prompt, then response and EOS), packed into fixed-length rows with the loss
+on response tokens only, and visited in a seeded order per epoch; the learning rate follows the
+configured schedule (DeepSeek-R1: cosine from 5e-5 to 5e-6). Checkpoints, exact resume and metrics
+are those of the GRPO trainer; a finished run is not run again (its ``summary.json`` stands).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from r1jax import distributed
+from r1jax.checkpoint import Checkpointer, run_guard
+from r1jax.configdict import ConfigError, from_config, to_dict
+from r1jax.data import Sampler, SamplerState
+from r1jax.metrics import EVAL_FILE, MetricsWriter
+from r1jax.optim import init_train_state, make_optimizer
+from r1jax.policy import ModelSource, export_policy, load_policy
+from r1jax.sft.config import SFTConfig
+from r1jax.sft.data import load_examples
+from r1jax.sft.packing import iterate_batches, pack_examples
+from r1jax.sft.step import SFTBatch, eval_loss, make_sft_step
+from r1jax.sharding import MeshSettings, Sharding, make_mesh
+
+SUMMARY_FILE = "summary.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTData:
+    """``train``/``test``: sources for ``r1jax.sft.data.load_examples`` (JSONL paths, synthetic)."""
+
+    train: str
+    test: str | None = None
+    template: str = "r1_zero"
+    synthetic_count: int = 2000
+    difficulty: int = 2
+    seed: int = 0
+    max_examples: int | None = None
+    seq_len: int = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTRunConfig:
+    job: str
+    model: ModelSource
+    data: SFTData
+    name: str = "sft"
+    seed: int = 0
+    sft: SFTConfig = SFTConfig()
+    epochs: int = 2
+    batch_rows: int = 16
+    eval_every: int = 50
+    checkpoint_every: int = 100
+    max_to_keep: int = 2
+    output_dir: str | None = None
+    tensorboard: bool = False
+    progress_bar: bool = True
+    mesh: MeshSettings = MeshSettings()
+
+    def __post_init__(self):
+        if self.job != "sft":
+            raise ValueError(f"job must be 'sft', got {self.job!r}")
+        if self.epochs < 1 or self.batch_rows < 1:
+            raise ValueError("epochs and batch_rows must be >= 1")
+
+
+def _rows(tokenizer, examples, seq_len: int, source: str):
+    """Packed rows, and how many examples were too long for ``seq_len`` (dropped, not cut: a cut
+    example would lose the response it is there to teach)."""
+    pairs = [(tokenizer.encode(p), tokenizer.encode(r, add_eos=True)) for p, r in examples]
+    fitting = [(p, r) for p, r in pairs if len(p) + len(r) <= seq_len]
+    if not fitting:
+        longest = max(len(p) + len(r) for p, r in pairs)
+        raise ValueError(f"data {source!r}: no example fits data.seq_len = {seq_len} tokens "
+                         f"(the longest has {longest}); raise data.seq_len")
+    rows = pack_examples(fitting, seq_len, loss_on="response", pad_id=tokenizer.pad_id)
+    return rows, len(pairs) - len(fitting)
+
+
+def run(config, workdir: str) -> dict:
+    try:
+        cfg = from_config(SFTRunConfig, config)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    summary_path = os.path.join(workdir, SUMMARY_FILE)
+    if os.path.isfile(summary_path):
+        with open(summary_path, encoding="utf-8") as f:
+            return json.load(f)
+    sharding = Sharding(make_mesh(dataclasses.asdict(cfg.mesh)))
+    model_cfg, params, tokenizer = load_policy(cfg.model, sharding)
+    d = cfg.data
+    kwargs = dict(template=d.template, count=d.synthetic_count, difficulty=d.difficulty,
+                  seed=d.seed)
+    examples = load_examples(d.train, **kwargs)[:d.max_examples]
+    rows, dropped = _rows(tokenizer, examples, d.seq_len, d.train)
+    test_rows = _rows(tokenizer, load_examples(d.test, **kwargs), d.seq_len, d.test)[0] \
+        if d.test else None
+    per_epoch = rows.num_rows // cfg.batch_rows
+    if per_epoch < 1:
+        raise ValueError(f"{len(examples)} examples pack into {rows.num_rows} rows, fewer than "
+                         f"batch_rows={cfg.batch_rows}")
+    steps = cfg.epochs * per_epoch
+    optimizer = make_optimizer(cfg.sft.optim)
+    state = init_train_state(params, optimizer)
+    sampler, position = Sampler(rows.num_rows, seed=cfg.seed), SamplerState()
+
+    run_guard(workdir, cfg)
+    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=cfg.max_to_keep)
+    start = checkpointer.latest_step() or 0
+    if start:
+        arrays, meta = checkpointer.restore(start, {"state": state})
+        state, position = arrays["state"], sampler.restore(meta["sampler"])
+    writer = MetricsWriter(workdir, tensorboard=cfg.tensorboard, resume_step=start or None)
+    step_fn = make_sft_step(cfg.sft, model_cfg, optimizer, state, sharding)
+
+    def evaluate(step):
+        if test_rows is None:
+            return None
+        total, weight = 0.0, 0.0
+        for batch in iterate_batches(test_rows, cfg.batch_rows, pad_id=tokenizer.pad_id):
+            loss_sum, w = eval_loss(state.params, SFTBatch.from_rows(batch), model_cfg=model_cfg,
+                                    impl=cfg.sft.logprob_impl, sharding=sharding)
+            total, weight = total + float(loss_sum), weight + float(w)
+        metrics = {"loss": total / max(weight, 1.0)}
+        writer.write(step, metrics, EVAL_FILE, prefix="eval/")
+        return metrics
+
+    initial = evaluate(0) if start == 0 else None
+    bar = tqdm(total=steps, initial=start, desc=cfg.name,
+               disable=not (cfg.progress_bar and distributed.is_main_process()))
+    for step in range(start, steps):
+        indices, position = sampler.take(position, cfg.batch_rows)
+        state, metrics = step_fn(state, SFTBatch.from_rows(_select(rows, np.asarray(indices))))
+        metrics = jax.tree.map(float, metrics)
+        writer.write(step + 1, {**metrics, "epoch": step // per_epoch})
+        bar.update(1)
+        bar.set_postfix(loss=f"{metrics['loss']:.3f}")
+        if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < steps:
+            evaluate(step + 1)
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == steps:
+            checkpointer.save(step + 1, {"state": state},
+                              {"sampler": sampler.state_dict(position)})
+    bar.close()
+    checkpointer.close()
+    final = evaluate(steps)
+    export = cfg.output_dir or os.path.join(workdir, "export")
+    export_policy(export, model_cfg, state.params, tokenizer)
+    summary = {"name": cfg.name, "examples": len(examples), "too_long": dropped,
+               "rows": rows.num_rows,
+               "steps": steps, "initial": initial, "final": final, "export": export,
+               "config": to_dict(cfg)}
+    writer.close()
+    if distributed.is_main_process():
+        with open(summary_path, "w", encoding="utf-8") as f:
+            json.dump(summary, f, indent=2, default=str)
+    return summary
+
+
+def _select(rows, indices: np.ndarray):
+    """The packed rows at ``indices`` (an epoch's shuffled order)."""
+    return type(rows)(*(getattr(rows, f.name)[indices] for f in dataclasses.fields(rows)))
