@@ -90,6 +90,9 @@ class GRPORunConfig:
     distributed: DistributedConfig = DistributedConfig()
     dynamic_sampling: bool = False  # DAPO: refill groups whose rewards are all equal
     max_refills: int = 4
+    # Stop training once this many seconds have passed (for equal-time comparisons); ``steps``
+    # stays the upper bound. A run stopped by its budget is not resumed bit-identically.
+    time_budget_s: float | None = None
 
     def __post_init__(self):
         if self.job != "grpo":

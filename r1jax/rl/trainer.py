@@ -136,7 +136,8 @@ def train(cfg: GRPORunConfig, workdir: str) -> dict:
     # ---------------------------------------------------------------- training loop
     bar = tqdm(total=cfg.steps, initial=start, desc=cfg.name, dynamic_ncols=True,
                disable=not (cfg.logging.progress_bar and distributed.is_main_process()))
-    preempted = False
+    preempted, out_of_time, loop_start = False, False, time.perf_counter()
+    step = start - 1  # the last step done, should the loop have none left
     with Preemption() as preemption:
         for step in range(start, cfg.steps):
             t0 = time.perf_counter()
@@ -217,11 +218,14 @@ def train(cfg: GRPORunConfig, workdir: str) -> dict:
             if cfg.eval.every and (step + 1) % cfg.eval.every == 0 and step + 1 < cfg.steps:
                 evaluate(step + 1, state.params)
             preempted = preemption.requested.is_set()
-            if (step + 1) % cfg.checkpoint.every == 0 or preempted or step + 1 == cfg.steps:
+            out_of_time = bool(cfg.time_budget_s) and \
+                time.perf_counter() - loop_start >= cfg.time_budget_s
+            last = step + 1 == cfg.steps or out_of_time
+            if (step + 1) % cfg.checkpoint.every == 0 or preempted or last:
                 checkpointer.save(step + 1, _checkpoint_arrays(state, ref_params),
                                   {"sampler": sampler.state_dict(sampler_state), "best": best,
-                                   "seed": cfg.seed}, force=preempted)
-            if preempted:
+                                   "seed": cfg.seed}, force=preempted or out_of_time)
+            if preempted or out_of_time:
                 break
     bar.close()
     checkpointer.close()
@@ -231,9 +235,10 @@ def train(cfg: GRPORunConfig, workdir: str) -> dict:
         writer.close()
         pool.close()
         return {"preempted_at": step + 1}
-    final = evaluate(cfg.steps, state.params)
+    final = evaluate(step + 1, state.params)
     export_policy(os.path.join(workdir, "export"), model_cfg, state.params, tokenizer)
-    summary = _summary(cfg, workdir, initial, final)
+    summary = _summary(cfg, workdir, initial, final, steps_done=step + 1,
+                       train_seconds=time.perf_counter() - loop_start)
     writer.close()
     pool.close()
     return summary
@@ -248,9 +253,11 @@ def _float(x) -> float | None:
     return None if np.isnan(x) else x
 
 
-def _summary(cfg: GRPORunConfig, workdir: str, initial: dict | None, final: dict) -> dict:
+def _summary(cfg: GRPORunConfig, workdir: str, initial: dict | None, final: dict, *,
+             steps_done: int, train_seconds: float) -> dict:
     """The PNG of the run's curves and a markdown summary, written by process 0."""
-    summary = {"name": cfg.name, "steps": cfg.steps, "final": final}
+    summary = {"name": cfg.name, "steps": steps_done, "train_seconds": round(train_seconds, 1),
+               "final": final}
     if initial is not None:
         summary["initial"] = initial
     if not distributed.is_main_process():
@@ -259,8 +266,8 @@ def _summary(cfg: GRPORunConfig, workdir: str, initial: dict | None, final: dict
     keys = ["pass@1", "format_rate", "mean_length", "truncation_rate"]
     rows = [[k, initial.get(k, float("nan")) if initial else "(resumed)", final.get(k)]
             for k in keys]
-    text = (f"# {cfg.name}\n\n{cfg.steps} GRPO steps, {cfg.prompts_per_step} prompts × "
-            f"{cfg.grpo.group_size} samples per step.\n\n"
+    text = (f"# {cfg.name}\n\n{steps_done} GRPO steps, {cfg.prompts_per_step} prompts × "
+            f"{cfg.grpo.group_size} samples per step, {train_seconds:.0f} s.\n\n"
             + markdown_table(["held-out metric", "before RL", "after RL"], rows)
             + "\n![curves](curves.png)\n")
     with open(os.path.join(workdir, "summary.md"), "w", encoding="utf-8") as f:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import time
 
 import jax
 import numpy as np
@@ -58,6 +59,7 @@ class SFTRunConfig:
     eval_every: int = 50
     checkpoint_every: int = 100
     max_to_keep: int = 2
+    time_budget_s: float | None = None  # stop after this many seconds (equal-time comparisons)
     output_dir: str | None = None
     tensorboard: bool = False
     progress_bar: bool = True
@@ -134,6 +136,7 @@ def run(config, workdir: str) -> dict:
     initial = evaluate(0) if start == 0 else None
     bar = tqdm(total=steps, initial=start, desc=cfg.name,
                disable=not (cfg.progress_bar and distributed.is_main_process()))
+    loop_start = time.perf_counter()
     for step in range(start, steps):
         indices, position = sampler.take(position, cfg.batch_rows)
         state, metrics = step_fn(state, SFTBatch.from_rows(_select(rows, np.asarray(indices))))
@@ -143,17 +146,23 @@ def run(config, workdir: str) -> dict:
         bar.set_postfix(loss=f"{metrics['loss']:.3f}")
         if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < steps:
             evaluate(step + 1)
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == steps:
+        out_of_time = bool(cfg.time_budget_s) and \
+            time.perf_counter() - loop_start >= cfg.time_budget_s
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == steps or out_of_time:
             checkpointer.save(step + 1, {"state": state},
                               {"sampler": sampler.state_dict(position)})
+        if out_of_time:
+            steps = step + 1
+            break
+    train_seconds = time.perf_counter() - loop_start
     bar.close()
     checkpointer.close()
     final = evaluate(steps)
     export = cfg.output_dir or os.path.join(workdir, "export")
     export_policy(export, model_cfg, state.params, tokenizer)
     summary = {"name": cfg.name, "examples": len(examples), "too_long": dropped,
-               "rows": rows.num_rows,
-               "steps": steps, "initial": initial, "final": final, "export": export,
+               "rows": rows.num_rows, "steps": steps,
+               "train_seconds": round(train_seconds, 1), "initial": initial, "final": final, "export": export,
                "config": to_dict(cfg)}
     writer.close()
     if distributed.is_main_process():

@@ -76,3 +76,12 @@ def test_a_workdir_from_another_config_is_refused(grpo_config, tmp_path):
     other = grpo_config(steps=2, **{"grpo.loss.beta": 0.0})
     with pytest.raises(ValueError, match=r"different config \(grpo.loss.beta"):
         pipeline.run(other, workdir)
+
+
+def test_time_budget_stops_early_then_evaluates_and_exports(grpo_config, tmp_path):
+    workdir = str(tmp_path / "run")
+    summary = pipeline.run(grpo_config(steps=50, time_budget_s=1e-3, **{"eval.every": 0}),
+                           workdir)
+    assert summary["steps"] == 1  # the budget is checked after each step
+    assert [r["step"] for r in _deterministic_rows(workdir)] == [1]
+    assert os.path.isfile(os.path.join(workdir, "export", "model.safetensors"))
