@@ -75,6 +75,7 @@ def run(config: Any, workdir: str) -> dict:
               f"devices={len(devices)}×{devices[0].device_kind}", flush=True)
     if job == "stages":
         return _run_stages(config, workdir)
+    _ensure_base_model(config)
     if job == "eval":
         from r1jax import eval as r1eval
 
@@ -98,9 +99,7 @@ def run(config: Any, workdir: str) -> dict:
     from r1jax.rl.run_config import GRPORunConfig
     from r1jax.rl.trainer import train
 
-    cfg = GRPORunConfig.from_config(config)
-    _ensure_base_model(cfg)
-    return train(cfg, workdir)
+    return train(GRPORunConfig.from_config(config), workdir)
 
 
 def _resolve(value: Any, workdir: str) -> Any:
@@ -142,16 +141,15 @@ def _run_stages(config, workdir: str) -> dict:
     return summaries
 
 
-def _ensure_base_model(cfg) -> None:
-    """Pretrain a missing base checkpoint with the experiment that produces it."""
-    source = cfg.model
-    if source.checkpoint is None or os.path.isdir(source.checkpoint):
+def _ensure_base_model(config) -> None:
+    """Pretrain a missing base checkpoint with the experiment that produces it
+    (``model.pretrain_config``), whatever the job that starts from it."""
+    model = config.get("model") if hasattr(config, "get") else None
+    checkpoint = model.get("checkpoint") if model is not None else None
+    producer = model.get("pretrain_config") if model is not None else None
+    if not checkpoint or not producer or os.path.isdir(checkpoint):
         return
-    if not source.pretrain_config:
-        raise FileNotFoundError(f"model.checkpoint {source.checkpoint!r} does not exist")
-    print(f"[r1jax] {source.checkpoint} is missing: producing it with {source.pretrain_config}",
-          flush=True)
-    pretrain_config = load_experiment(source.pretrain_config)
-    run(pretrain_config, default_workdir(source.pretrain_config))
-    if not os.path.isdir(source.checkpoint):
-        raise FileNotFoundError(f"{source.pretrain_config} did not produce {source.checkpoint}")
+    print(f"[r1jax] {checkpoint} is missing: producing it with {producer}", flush=True)
+    run(load_experiment(producer), default_workdir(producer))
+    if not os.path.isdir(checkpoint):
+        raise FileNotFoundError(f"{producer} did not produce {checkpoint}")

@@ -108,7 +108,10 @@ def run(config, workdir: str) -> dict:
         raise ValueError(f"{len(examples)} examples pack into {rows.num_rows} rows, fewer than "
                          f"batch_rows={cfg.batch_rows}")
     steps = cfg.epochs * per_epoch
-    optimizer = make_optimizer(cfg.sft.optim)
+    optim = cfg.sft.optim
+    if optim.schedule == "cosine":  # the decay spans the run, whatever its length turns out to be
+        optim = dataclasses.replace(optim, total_steps=max(steps, optim.warmup_steps + 1))
+    optimizer = make_optimizer(optim)
     state = init_train_state(params, optimizer)
     sampler, position = Sampler(rows.num_rows, seed=cfg.seed), SamplerState()
 
