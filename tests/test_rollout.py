@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from r1jax import models, rollout
+from r1jax.rollout import decode
 from r1jax.rollout.engine import _compiled
 from r1jax.rollout.sampling import SamplingParams, inverse_cdf_sample, nucleus_mask, sample
 from r1jax.rollout.stops import stop_string_cut
@@ -217,3 +218,49 @@ def test_bad_input_fails_before_compiling(params, kwargs, match):
     with pytest.raises(ValueError, match=match):
         rollout.generate(params, CFG, prompts, **args)
     assert _compiled.cache_info().currsize == 0
+
+
+@pytest.mark.parametrize("cfg", [
+    CFG,
+    CFG.replace(model_type="qwen3", qkv_bias=False, qk_norm=True, tie_embeddings=True),
+    CFG.replace(model_type="llama", qkv_bias=False, rope_theta=500_000.0,
+                rope_scaling=models.RopeScaling(8.0, 1.0, 4.0, 64)),
+], ids=["qwen2", "qwen3", "llama3"])
+def test_lean_decode_step_equals_models_forward(cfg):
+    """The CPU decode step (fused weights, transposed key cache) computes models.forward."""
+    params = models.init(cfg, jax.random.key(1))
+    prompt = jnp.asarray([[0, 0, 5, 17, 33], [7, 3, 12, 5, 8]])
+    mask = jnp.asarray([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    new = jnp.asarray([[4, 9, 2], [11, 1, 30]])
+    slots = prompt.shape[1] + new.shape[1]
+    out = models.forward(cfg, params, prompt, attention_mask_BxL=mask,
+                         cache=models.init_cache(cfg, 2, slots))
+    cache, (keys, values) = out.cache, decode.to_decode_cache(out.cache)
+    weights = decode.prepare_weights(cfg, params)
+    for t in range(new.shape[1]):
+        ref = models.forward(cfg, params, new[:, t:t + 1], cache=cache)
+        cache = ref.cache
+        expected = np.asarray(ref.hidden_BxLxD[:, 0] @ ref.lm_head_DxV)
+        slot = prompt.shape[1] + t
+        valid = jnp.pad(mask.astype(bool), ((0, 0), (0, new.shape[1])))
+        valid = valid | ((jnp.arange(slots) >= prompt.shape[1]) & (jnp.arange(slots) <= slot))
+        rope = decode.rope_tables(cfg, mask.sum(1) + t)
+        logits, keys, values = decode.decode_step(cfg, weights, new[:, t], rope, slot, valid,
+                                                  keys, values)
+        np.testing.assert_allclose(np.asarray(logits), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_cpu_and_accelerator_decode_paths_sample_the_same(params):
+    kw = dict(rng=jax.random.key(5), max_new_tokens=9, group_size=2, temperature=1.0)
+    lean = rollout.generate(params, CFG, PROMPTS, unstack_params=True, **kw)
+    plain = rollout.generate(params, CFG, PROMPTS, unstack_params=False, **kw)
+    np.testing.assert_array_equal(np.asarray(lean.tokens), np.asarray(plain.tokens))
+    np.testing.assert_allclose(np.asarray(lean.logprobs), np.asarray(plain.logprobs), atol=1e-5)
+
+
+def test_one_new_token_needs_no_decode_step(params):
+    out = rollout.generate(params, CFG, PROMPTS, rng=jax.random.key(0), max_new_tokens=1,
+                           temperature=0.0)
+    for prompt, completion in zip(PROMPTS, np.asarray(out.tokens)):
+        assert completion[0] == _full_logits(params, prompt, [])[-1].argmax()
+    assert int(out.decode_steps) == 1

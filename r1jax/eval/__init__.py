@@ -18,8 +18,8 @@ from r1jax.eval.report import markdown_report, markdown_table
 from r1jax.eval.settings import EvalSettings
 
 _LAZY = {
-    "evaluate": "r1jax.eval.evaluate", "iter_evaluate": "r1jax.eval.evaluate",
-    "judge": "r1jax.eval.evaluate", "run": "r1jax.eval.runner", "check_checkpoint": "r1jax.eval.runner",
+    "evaluate": "r1jax.eval.engine", "iter_evaluate": "r1jax.eval.engine",
+    "judge": "r1jax.eval.engine", "run": "r1jax.eval.runner", "check_checkpoint": "r1jax.eval.runner",
     "RunConfig": "r1jax.eval.run_config", "ConfigError": "r1jax.eval.run_config",
 }
 

@@ -23,7 +23,7 @@ import jax
 
 from r1jax import hf
 from r1jax.eval.benchmarks import load_benchmark
-from r1jax.eval.evaluate import progress_bar, iter_evaluate
+from r1jax.eval.engine import progress_bar, iter_evaluate
 from r1jax.eval.records import (EvalResult, append_records, read_records, running_accuracy, summarize,
                                 write_json_atomic)
 from r1jax.eval.report import markdown_report, summary_json

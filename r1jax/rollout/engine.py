@@ -1,10 +1,16 @@
 """Jitted generation of G completions per prompt: one prefill per prompt, one ``while_loop`` decode.
 
-Each prompt is prefilled once and its KV cache repeated for its G samples. The decode loop is a
-single ``lax.while_loop`` that ends as soon as every row has stopped or the token budget is spent;
-tokens after a row's stop are padding and masked. Prompt lengths are bucketed so that a training
-run compiles a handful of programs, not one per batch. With a ``Sharding``, sequences are split
-over the mesh's batch axes and the parameters are used where the trainer placed them.
+Each prompt is prefilled once and its KV cache repeated for its G samples; the first token is
+sampled from the prefill's logits. The decode loop is a ``lax.while_loop`` (each step: feed the
+last token, sample the next) that ends as soon as every row has stopped or the token budget is
+spent, so the last sampled token is never fed back; tokens after a row's stop are padding and
+masked. Every step's uniforms are drawn once before the loop. Prompt lengths are bucketed so that a
+training run compiles a handful of programs, not one per batch. With a ``Sharding``, sequences are
+split over the mesh's batch axes and the parameters are used where the trainer placed them.
+
+On CPU the loop runs ``r1jax.rollout.decode.decode_step`` (weights re-laid out once per call) in
+a few segments whose caches grow to just the slots each segment needs (``decode_segments``);
+elsewhere it runs ``models.forward`` with the full-length cache.
 """
 from __future__ import annotations
 
@@ -19,7 +25,8 @@ import numpy as np
 
 from r1jax import models
 from r1jax.models import ModelConfig
-from r1jax.rollout.sampling import SamplingParams, sample
+from r1jax.rollout import decode
+from r1jax.rollout.sampling import SamplingParams, sample_with_uniform
 from r1jax.rollout.stops import StopCriteria, stop_string_cut
 from r1jax.sharding import Sharding, constrain
 
@@ -59,70 +66,129 @@ def bucket_length(length: int, buckets: Sequence[int]) -> int:
     raise ValueError(f"a prompt of {length} tokens exceeds the largest bucket {max(buckets)}")
 
 
+def decode_segments(max_new_tokens: int, min_steps: int = 32, max_segments: int = 4):
+    """Where the CPU decode loop's segments end (exclusive step numbers; step 0 is sampled from
+    the prefill): about equal segments of at least ``min_steps`` steps, at most ``max_segments``
+    (each is a loop of its own in the compiled program)."""
+    steps = max_new_tokens - 1
+    count = max(1, min(max_segments, steps // min_steps))
+    return [1 + -(-steps * k // count) for k in range(1, count + 1)] if steps else []
+
+
 @functools.lru_cache(maxsize=64)
 def _compiled(cfg: ModelConfig, sampling: SamplingParams, stops: StopCriteria, group_size: int,
               max_new_tokens: int, pad_id: int, sharding: Sharding | None, unstack: bool):
-    """One jitted program per static setting (shapes add their own compile-cache entries)."""
+    """One jitted program per static setting (shapes add their own compile-cache entries).
+
+    ``unstack``: decode with ``decode.decode_step`` on weights re-laid out once per call (CPU);
+    otherwise with ``models.forward`` on the parameters as they are (accelerators).
+    """
 
     def run(params, prompt_PxLp, prompt_mask_PxLp, rng):
         num_prompts, prompt_len = prompt_PxLp.shape
-        if unstack:
-            params = models.unstack_layers(params)
         batch = num_prompts * group_size
-        cache = models.init_cache(cfg, num_prompts, prompt_len + max_new_tokens)
+        # The last sampled token is never fed back, so T - 1 slots follow the prompt (the CPU
+        # decode grows its cache segment by segment).
+        slots = prompt_len + (0 if unstack else max_new_tokens - 1)
+        cache = models.init_cache(cfg, num_prompts, slots)
         out = models.forward(cfg, params, prompt_PxLp, attention_mask_BxL=prompt_mask_PxLp,
                              cache=cache, sharding=sharding)
         # Left padding puts every prompt's last token in the last column.
         logits_PxV = jnp.dot(out.hidden_BxLxD[:, -1], out.lm_head_DxV,
                              preferred_element_type=jnp.float32)
 
-        def repeat(x, axis):
-            return jnp.repeat(x, group_size, axis=axis)
+        def repeat(x):
+            return jnp.repeat(x, group_size, axis=0)
 
         # One prefill per prompt; its cache is repeated for the prompt's G samples.
-        cache = out.cache.map_layers(
-            lambda x: constrain(repeat(x, 0), models.CACHE_AXES, sharding))
-        cache = cache.replace(valid_BxS=repeat(cache.valid_BxS, 0))
+        cache = out.cache.map_layers(lambda x: constrain(repeat(x), models.CACHE_AXES, sharding))
+        cache = cache.replace(valid_BxS=repeat(cache.valid_BxS))
+        u_TxB = None
+        if not sampling.greedy:  # every step's uniforms in one draw (see sample_with_uniform)
+            u_TxB = constrain(jax.random.uniform(rng, (max_new_tokens, batch), jnp.float32),
+                              (None, "batch"), sharding)
+        logits_BxV = constrain(repeat(logits_PxV), ("batch", "act_vocab"), sharding)
+
+        def draw(step, logits_BxV):
+            u_B = None if u_TxB is None else jax.lax.dynamic_index_in_dim(u_TxB, step, 0, False)
+            return sample_with_uniform(u_B, logits_BxV, sampling)
+
+        def record(s, token_B, logprob_B):
+            """Write the token sampled at ``s["step"]`` (padding for rows already stopped)."""
+            token_B = jnp.where(s["done_B"], pad_id, token_B)
+            logprob_B = jnp.where(s["done_B"], 0.0, logprob_B)
+            recent_BxM = jnp.concatenate([s["recent_BxM"][:, 1:], token_B[:, None]], axis=1)
+            at = (0, s["step"])
+            return dict(
+                s,
+                step=s["step"] + 1,
+                token_B=token_B,
+                tokens_BxT=jax.lax.dynamic_update_slice(s["tokens_BxT"], token_B[:, None], at),
+                logprobs_BxT=jax.lax.dynamic_update_slice(s["logprobs_BxT"], logprob_B[:, None],
+                                                          at),
+                recent_BxM=recent_BxM,
+                lengths_B=s["lengths_B"] + (~s["done_B"]).astype(jnp.int32),
+                done_B=s["done_B"] | stops.hit(token_B, recent_BxM),
+            )
+
         state = dict(
             step=jnp.zeros((), jnp.int32),
-            cache=cache,
-            logits_BxV=constrain(repeat(logits_PxV, 0), ("batch", "act_vocab"), sharding),
+            token_B=jnp.zeros((batch,), jnp.int32),
             tokens_BxT=jnp.full((batch, max_new_tokens), pad_id, jnp.int32),
             logprobs_BxT=jnp.zeros((batch, max_new_tokens), jnp.float32),
             recent_BxM=jnp.full((batch, stops.window), -1, jnp.int32),
             done_B=jnp.zeros((batch,), bool),
             lengths_B=jnp.zeros((batch,), jnp.int32),
         )
+        state = record(state, *draw(0, logits_BxV))
 
-        def keep_going(s):
-            return (s["step"] < max_new_tokens) & ~jnp.all(s["done_B"])
+        def step_with(logits_of):
+            def decode_step(s):
+                logits_BxV, caches = logits_of(s)
+                return record(dict(s, **caches), *draw(s["step"], logits_BxV))
+            return decode_step
 
-        def decode_step(s):
-            token_B, logprob_B = sample(jax.random.fold_in(rng, s["step"]), s["logits_BxV"],
-                                        sampling)
-            token_B = jnp.where(s["done_B"], pad_id, token_B)
-            logprob_B = jnp.where(s["done_B"], 0.0, logprob_B)
-            recent_BxM = jnp.concatenate([s["recent_BxM"][:, 1:], token_B[:, None]], axis=1)
-            lengths_B = s["lengths_B"] + (~s["done_B"]).astype(jnp.int32)
-            done_B = s["done_B"] | stops.hit(token_B, recent_BxM)
-            at = (0, s["step"])
-            out = models.forward(cfg, params, token_B[:, None], cache=s["cache"],
-                                 sharding=sharding)
-            logits_BxV = jnp.dot(out.hidden_BxLxD[:, 0], out.lm_head_DxV,
-                                 preferred_element_type=jnp.float32)
-            return dict(
-                step=s["step"] + 1,
-                cache=out.cache,
-                logits_BxV=logits_BxV,
-                tokens_BxT=jax.lax.dynamic_update_slice(s["tokens_BxT"], token_B[:, None], at),
-                logprobs_BxT=jax.lax.dynamic_update_slice(s["logprobs_BxT"], logprob_B[:, None],
-                                                          at),
-                recent_BxM=recent_BxM,
-                done_B=done_B,
-                lengths_B=lengths_B,
-            )
+        def keep_going_until(end):
+            return lambda s: (s["step"] < end) & ~jnp.all(s["done_B"])
 
-        s = jax.lax.while_loop(keep_going, decode_step, state)
+        s = state
+        if unstack:
+            weights = decode.prepare_weights(cfg, params)
+            prompt_valid_BxLp = cache.valid_BxS
+            positions_B = jnp.sum(prompt_valid_BxLp, axis=1, dtype=jnp.int32)
+            keys, values = decode.to_decode_cache(cache, sharding)
+            # The loop runs in segments, each over a cache just long enough for its last step,
+            # so that attention does not read the still-empty slots of the full-length cache.
+            for end in decode_segments(max_new_tokens):
+                window = prompt_len + end - 1
+                keys, values = decode.grow_cache(keys, values, window, sharding)
+                # A row may attend to its prompt's real tokens, then every generated slot up
+                # to the one being written.
+                prompt_valid_BxS = jnp.pad(prompt_valid_BxLp, ((0, 0), (0, window - prompt_len)))
+                slot_S = jnp.arange(window)
+
+                def logits_of(s, prompt_valid_BxS=prompt_valid_BxS, slot_S=slot_S):
+                    slot = prompt_len + s["step"] - 1
+                    valid_BxS = prompt_valid_BxS | ((slot_S >= prompt_len) & (slot_S <= slot))
+                    rope = decode.rope_tables(cfg, positions_B + s["step"] - 1)
+                    logits_BxV, keys, values = decode.decode_step(
+                        cfg, weights, s["token_B"], rope, slot, valid_BxS, s["keys"], s["values"],
+                        sharding)
+                    return logits_BxV, dict(keys=keys, values=values)
+
+                s = jax.lax.while_loop(keep_going_until(end), step_with(logits_of),
+                                       dict(s, keys=keys, values=values))
+                keys, values = s.pop("keys"), s.pop("values")
+        else:
+            def logits_of(s):
+                out = models.forward(cfg, params, s["token_B"][:, None], cache=s["cache"],
+                                     sharding=sharding)
+                logits_BxV = jnp.dot(out.hidden_BxLxD[:, 0], out.lm_head_DxV,
+                                     preferred_element_type=jnp.float32)
+                return logits_BxV, dict(cache=out.cache)
+
+            s = jax.lax.while_loop(keep_going_until(max_new_tokens), step_with(logits_of),
+                                   dict(s, cache=cache))
         mask_BxT = jnp.arange(max_new_tokens)[None, :] < s["lengths_B"][:, None]
         return (s["tokens_BxT"], s["lengths_B"], mask_BxT, s["logprobs_BxT"], s["done_B"],
                 s["step"])
@@ -177,8 +243,10 @@ def generate(
     with ``prompt_mask``. ``rng`` is required: pass a new key every step. ``stop_strings`` need the
     ``tokenizer`` (to encode them for early stopping and to cut completions on the host).
     ``max_cache_length`` (default: the model's ``max_position_embeddings``) bounds prompt + new tokens.
-    ``unstack_params`` splits the stacked layer weights once per call instead of slicing them at
-    every step (default: on CPU only; it holds a second copy of the weights during the call).
+    ``unstack_params`` re-lays the weights out once per call for the lean CPU decode step
+    (``r1jax.rollout.decode``: layers split, q/k/v and gate/up fused) instead of decoding with
+    ``models.forward`` (default: on CPU only; it holds a second copy of the weights during the
+    call). Both give the same samples up to float rounding.
     """
     if group_size < 1:
         raise ValueError(f"group_size must be >= 1, got {group_size}")
@@ -202,7 +270,7 @@ def generate(
         ids_j = jax.device_put(ids_j, sharding.named(("batch", "length"), ids.shape))
         mask_j = jax.device_put(mask_j, sharding.named(("batch", "length"), ids.shape))
     if unstack_params is None:
-        # On CPU a per-step slice of every layer's weights is a copy; accelerators fuse it.
+        # On CPU every op of the loop is a kernel call; accelerators fuse the per-step slices.
         unstack_params = jax.default_backend() == "cpu"
     fn = _compiled(model_config, sampling, stops, int(group_size), int(max_new_tokens),
                    int(pad_id), sharding, bool(unstack_params))

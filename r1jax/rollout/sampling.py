@@ -115,12 +115,22 @@ def _first_above(cdf_BxC, target_B, positive_BxC):
 
 def sample(rng: jax.Array, logits_BxV: jax.Array, params: SamplingParams):
     """Draw one token per row; returns ``(tokens_B int32, logprobs_B float32)``."""
+    u_B = None if params.greedy else jax.random.uniform(rng, (logits_BxV.shape[0],), jnp.float32)
+    return sample_with_uniform(u_B, logits_BxV, params)
+
+
+def sample_with_uniform(u_B: jax.Array | None, logits_BxV: jax.Array, params: SamplingParams):
+    """``sample`` given each row's uniform draw in [0, 1) (unused, and may be None, if greedy).
+
+    The decode loop draws every step's uniforms before it starts: one random-bits call per
+    rollout instead of one per step (each is a loop of its own on CPU).
+    """
     logits_BxV = logits_BxV.astype(jnp.float32)
     if params.greedy:
         tokens_B = jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
         policy_BxV = jax.nn.log_softmax(logits_BxV, axis=-1)
         return tokens_B, jnp.take_along_axis(policy_BxV, tokens_B[:, None], axis=-1)[:, 0]
-    scaled_BxV = logits_BxV / params.temperature
+    scaled_BxV = logits_BxV / params.temperature if params.temperature != 1 else logits_BxV
     # One exp pass serves both the sampling weights and the log-probability.
     shifted_BxV = scaled_BxV - jnp.max(scaled_BxV, axis=-1, keepdims=True)
     weights_BxV = jnp.exp(shifted_BxV)
@@ -129,7 +139,6 @@ def sample(rng: jax.Array, logits_BxV: jax.Array, params: SamplingParams):
         sample_weights_BxV = jnp.where(nucleus_mask(weights_BxV, params), weights_BxV, 0.0)
     else:
         sample_weights_BxV = weights_BxV
-    u_B = jax.random.uniform(rng, (logits_BxV.shape[0],), jnp.float32)
     tokens_B = inverse_cdf_sample(u_B, sample_weights_BxV)
     logprobs_B = jnp.take_along_axis(shifted_BxV, tokens_B[:, None], axis=-1)[:, 0] - log_total_B
     return tokens_B, logprobs_B

@@ -1,0 +1,173 @@
+"""A lean one-token decoder step for CPU rollouts: fused weights, shared RoPE, one mask per step.
+
+It computes what ``models.forward`` computes for one new token per row against a KV cache (a
+parity test holds the two together), arranged for the CPU, where every op of the decode loop is a
+separate kernel call and, at rollout batch sizes, the calls cost more than the FLOPs:
+
+* q/k/v are one matmul and gate/up another (their weights concatenated once per ``generate``);
+* RoPE's cos/sin are computed once per step for all layers, the attention scale folded into them;
+* the attention mask comes from the prompt mask and the step number, built once per step;
+* keys are cached transposed, ``[B, K, E, S]``, so that the scores are a plain matmul (with the
+  ``[B, K, S, E]`` layout the CPU matmul transposes the whole key cache at every step); values stay
+  ``[B, K, S, E]``. Both are written in place at the step's slot.
+
+Accelerators fuse these on their own, and concatenating weights would hold a second copy of them,
+so the engine uses this step on CPU only (``generate(unstack_params=...)``).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+
+from r1jax import models
+from r1jax.models import ModelConfig
+from r1jax.models.layers import MASK_VALUE, rope_inverse_frequencies
+from r1jax.sharding import Sharding, constrain
+
+
+KEY_CACHE_AXES = ("batch", "act_kv_heads", None, "cache_length")
+
+
+def to_decode_cache(cache: models.KVCache, sharding: Sharding | None = None):
+    """``(keys [B, K, E, S], values [B, K, S, E])`` per layer from a ``models.KVCache``."""
+    keys = tuple(constrain(k.transpose(0, 1, 3, 2), KEY_CACHE_AXES, sharding) for k in cache.keys)
+    return keys, cache.values
+
+
+def grow_cache(keys, values, length: int, sharding: Sharding | None = None):
+    """The decode cache with empty slots appended up to ``length`` slots."""
+    pad = lambda x, axis: jnp.pad(  # noqa: E731
+        x, [(0, length - x.shape[axis]) if a == axis else (0, 0) for a in range(x.ndim)])
+    return (tuple(constrain(pad(k, 3), KEY_CACHE_AXES, sharding) for k in keys),
+            tuple(constrain(pad(v, 2), models.CACHE_AXES, sharding) for v in values))
+
+
+@flax.struct.dataclass
+class LayerWeights:
+    """One layer's weights in the decode layout (``C = (H + 2K)·E``: q heads, k heads, v heads)."""
+
+    attn_norm_D: jax.Array
+    qkv_DxC: jax.Array
+    qkv_bias_C: jax.Array | None
+    q_norm_E: jax.Array | None
+    k_norm_E: jax.Array | None
+    o_NxD: jax.Array  # N = H·E
+    mlp_norm_D: jax.Array
+    gate_up_DxF2: jax.Array  # gate columns, then up columns
+    down_FxD: jax.Array
+
+
+@flax.struct.dataclass
+class DecodeWeights:
+    embedding_VxD: jax.Array
+    layers: tuple[LayerWeights, ...]
+    final_norm_D: jax.Array
+    lm_head_DxV: jax.Array
+
+
+def prepare_weights(cfg: ModelConfig, params: Any) -> DecodeWeights:
+    """The decode layout of ``params`` (stacked or unstacked layers), built once per call."""
+    dtype = cfg.activation_dtype
+    dim = cfg.hidden_size
+
+    def layer(p):
+        attn = p["attn"]
+        flat = lambda name: attn[name].reshape(dim, -1).astype(dtype)  # noqa: E731
+        bias = None
+        if cfg.qkv_bias:
+            bias = jnp.concatenate([attn[f"{n}_bias"].reshape(-1) for n in "qkv"]).astype(dtype)
+        mlp = p["mlp"]
+        return LayerWeights(
+            attn_norm_D=p["attn_norm"]["scale"],
+            qkv_DxC=jnp.concatenate([flat("q_kernel"), flat("k_kernel"), flat("v_kernel")], 1),
+            qkv_bias_C=bias,
+            q_norm_E=attn["q_norm"]["scale"] if cfg.qk_norm else None,
+            k_norm_E=attn["k_norm"]["scale"] if cfg.qk_norm else None,
+            o_NxD=attn["o_kernel"].reshape(-1, dim).astype(dtype),
+            mlp_norm_D=p["mlp_norm"]["scale"],
+            gate_up_DxF2=jnp.concatenate([mlp["gate_kernel"], mlp["up_kernel"]], 1).astype(dtype),
+            down_FxD=mlp["down_kernel"].astype(dtype),
+        )
+
+    layers = models.unstack_layers(params)["layers"]
+    lm_head = params["embedding"].T if cfg.tie_embeddings else params["lm_head"]
+    return DecodeWeights(params["embedding"], tuple(layer(p) for p in layers),
+                         params["final_norm"]["scale"], lm_head)
+
+
+def _rms_norm(x, scale, eps):
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + eps)
+    return (y * scale.astype(jnp.float32)).astype(x.dtype)
+
+
+def rope_tables(cfg: ModelConfig, positions_B):
+    """``cos, sin`` ``[B, 1, E/2]`` of each row's position (shared by every layer)."""
+    inv_freq = jnp.asarray(rope_inverse_frequencies(cfg.head_dim, cfg.rope_theta,
+                                                    cfg.rope_scaling))
+    angles_BxEh = positions_B.astype(jnp.float32)[:, None] * inv_freq
+    return jnp.cos(angles_BxEh)[:, None, :], jnp.sin(angles_BxEh)[:, None, :]
+
+
+def _rotate(x_BxNxE, cos, sin, scale=1.0):
+    """RoPE in the "rotate_half" layout (as ``models.layers.apply_rope``), times ``scale``."""
+    x = x_BxNxE.astype(jnp.float32)
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return (out * scale).astype(x_BxNxE.dtype) if scale != 1.0 else out.astype(x_BxNxE.dtype)
+
+
+def decode_step(cfg: ModelConfig, w: DecodeWeights, token_B, rope, slot, valid_BxS, keys, values,
+                sharding: Sharding | None = None):
+    """Logits ``[B, V]`` (float32) for one new token per row, written to cache slot ``slot``.
+
+    ``rope`` is ``rope_tables`` of the new tokens' positions; ``valid_BxS`` marks the cache slots
+    each row may attend to (its prompt, and every generated slot up to and including ``slot``);
+    ``keys`` are per-layer ``[B, K, E, S]`` and ``values`` ``[B, K, S, E]`` (see ``to_decode_cache``).
+    Returns ``(logits, keys, values)``.
+    """
+    batch = token_B.shape[0]
+    heads, kv, head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    dtype = cfg.activation_dtype
+    cos, sin = rope
+    x_BxD = jnp.take(w.embedding_VxD, token_B, axis=0).astype(dtype)
+    x_BxD = constrain(x_BxD, ("batch", "act_embed"), sharding)
+    mask_Bx1x1xS = valid_BxS[:, None, None, :]
+    new_keys, new_values = [], []
+    for lw, k_cache, v_cache in zip(w.layers, keys, values):
+        h_BxD = _rms_norm(x_BxD, lw.attn_norm_D, cfg.rms_norm_eps)
+        qkv_BxC = h_BxD @ lw.qkv_DxC
+        if lw.qkv_bias_C is not None:
+            qkv_BxC = qkv_BxC + lw.qkv_bias_C
+        qkv_BxCh = qkv_BxC.reshape(batch, heads + 2 * kv, head_dim)
+        q_BxHxE, k_BxKxE, v_BxKxE = jnp.split(qkv_BxCh, [heads, heads + kv], axis=1)
+        if cfg.qk_norm:
+            q_BxHxE = _rms_norm(q_BxHxE, lw.q_norm_E, cfg.rms_norm_eps)
+            k_BxKxE = _rms_norm(k_BxKxE, lw.k_norm_E, cfg.rms_norm_eps)
+        q_BxHxE = _rotate(q_BxHxE, cos, sin, head_dim ** -0.5)
+        k_BxKxE = _rotate(k_BxKxE, cos, sin)
+        k_cache = jax.lax.dynamic_update_slice(
+            k_cache, k_BxKxE[:, :, :, None].astype(k_cache.dtype), (0, 0, 0, slot))
+        v_cache = jax.lax.dynamic_update_slice(
+            v_cache, v_BxKxE[:, :, None].astype(v_cache.dtype), (0, 0, slot, 0))
+        k_cache = constrain(k_cache, KEY_CACHE_AXES, sharding)
+        v_cache = constrain(v_cache, models.CACHE_AXES, sharding)
+        q_BxKxGxE = q_BxHxE.reshape(batch, kv, heads // kv, head_dim)
+        scores_BxKxGxS = jnp.einsum("bkge,bkes->bkgs", q_BxKxGxE, k_cache.astype(dtype),
+                                    preferred_element_type=jnp.float32)
+        scores_BxKxGxS = jnp.where(mask_Bx1x1xS, scores_BxKxGxS, MASK_VALUE)
+        probs_BxKxGxS = jax.nn.softmax(scores_BxKxGxS, axis=-1).astype(v_cache.dtype)
+        out_BxKxGxE = jnp.einsum("bkgs,bkse->bkge", probs_BxKxGxS, v_cache)
+        x_BxD = x_BxD + out_BxKxGxE.reshape(batch, heads * head_dim).astype(dtype) @ lw.o_NxD
+        h_BxD = _rms_norm(x_BxD, lw.mlp_norm_D, cfg.rms_norm_eps)
+        gate_BxF, up_BxF = jnp.split(h_BxD @ lw.gate_up_DxF2, 2, axis=-1)
+        x_BxD = x_BxD + (jax.nn.silu(gate_BxF) * up_BxF) @ lw.down_FxD
+        x_BxD = constrain(x_BxD, ("batch", "act_embed"), sharding)
+        new_keys.append(k_cache)
+        new_values.append(v_cache)
+    hidden_BxD = _rms_norm(x_BxD, w.final_norm_D, cfg.rms_norm_eps)
+    logits_BxV = jnp.dot(hidden_BxD, w.lm_head_DxV, preferred_element_type=jnp.float32)
+    return logits_BxV, tuple(new_keys), tuple(new_values)
