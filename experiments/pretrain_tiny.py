@@ -21,26 +21,34 @@ Output: ``experiments/assets/tiny_base/`` (``config.json``, ``model.safetensors`
 Variants (``key=value`` pairs, comma-separated, after a colon):
   ``experiments/pretrain_tiny.py:smoke`` — a miniature run (tiny corpus, model and step count)
       in seconds, written to ``<workdir>/base``; what the tests run.
+  ``experiments/pretrain_tiny.py:student`` — the distillation student (``experiments/distill.py``):
+      a smaller Llama-style decoder, 800 steps, written to ``experiments/assets/tiny_student/``.
   ``steps=N``, ``out=DIR`` (``out=`` empty: ``<workdir>/base``), ``seed=N``.
 """
 import ml_collections
 
 ASSET_DIR = "experiments/assets/tiny_base"
+STUDENT_DIR = "experiments/assets/tiny_student"
+# The distillation student: a smaller Llama-style decoder (no q/k/v bias, untied embeddings,
+# 3 layers of width 96, one KV head), pretrained on the same corpus for fewer steps.
+STUDENT = dict(model_type="llama", qkv_bias=False, tie_embeddings=False, hidden_size=96,
+               intermediate_size=256, num_layers=3, num_heads=3, num_kv_heads=1, head_dim=32,
+               scan_unroll=3)
 
 
 def _parse(arg):
     values = {}
     for item in filter(None, (arg or "").split(",")):
         key, sep, value = item.partition("=")
-        if key == "smoke" and not sep:
-            values["smoke"] = True
+        if key in ("smoke", "student") and not sep:
+            values[key] = True
         elif sep and key in ("steps", "seed"):
             values[key] = int(value)
         elif sep and key == "out":
             values[key] = value
         else:
             raise ValueError(f"experiments/pretrain_tiny.py: bad argument {item!r}; expected "
-                             "'smoke', 'steps=N', 'seed=N' or 'out=DIR'")
+                             "'smoke', 'student', 'steps=N', 'seed=N' or 'out=DIR'")
     return values
 
 
@@ -74,6 +82,10 @@ def get_config(arg=None):
         periodic_problems=32,
     ))
 
+    if args.get("student"):
+        config.output_dir = STUDENT_DIR
+        config.model.overrides = dict(STUDENT)
+        config.train.update(steps=800, warmup_steps=50, eval_every=200)
     if args.get("smoke"):
         config.output_dir = ""
         config.tokenizer.num_docs = 1000

@@ -138,7 +138,32 @@ def _run_stages(config, workdir: str) -> dict:
             os.makedirs(stage_dir, exist_ok=True)
             with open(done, "w", encoding="utf-8") as f:
                 json.dump(summaries[name], f, indent=2)
+    if jax.process_index() == 0:
+        _write_stages_summary(workdir, summaries)
     return summaries
+
+
+def _write_stages_summary(workdir: str, summaries: dict) -> None:
+    """``summary.json`` (every stage's summary) and ``summary.md``: one row per stage with the
+    held-out metrics it ends with (an evaluation's own, or a training run's final evaluation)."""
+    import json
+
+    from r1jax.metrics import markdown_table
+
+    keys = ("pass@1", "format_rate", "mean_length")
+    rows = []
+    for name, summary in summaries.items():
+        final = summary.get("final") if isinstance(summary.get("final"), dict) else summary
+        seconds = summary.get("train_seconds")
+        rows.append([name] + [final.get(k, "") if isinstance(final.get(k), (int, float)) else ""
+                              for k in keys] + ["" if seconds is None else seconds])
+    table = markdown_table(["stage", *keys, "train seconds"], rows)
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
+        json.dump(summaries, f, indent=2)
+    with open(os.path.join(workdir, "summary.md"), "w", encoding="utf-8") as f:
+        f.write(table + "\n")
+    print(table, flush=True)
 
 
 def _ensure_base_model(config) -> None:

@@ -90,6 +90,10 @@ def test_stages_chain_outputs_and_skip_finished_ones(tiny_policy_dir, tmp_path):
     again = pipeline.run(config, workdir)  # both stages are done: nothing runs again
     assert again == summary and not os.path.exists(os.path.join(workdir, "traces", "out",
                                                                 "data.jsonl"))
+    assert json.loads(open(os.path.join(workdir, "summary.json")).read()) == summary
+    table = open(os.path.join(workdir, "summary.md")).read().splitlines()
+    assert table[0].startswith("| stage | pass@1") and [r.split(" | ")[0] for r in table[2:]] == [
+        "| cold_start", "| traces"]
 
 
 def test_sft_refuses_a_seq_len_no_example_fits(tiny_policy_dir, tmp_path):

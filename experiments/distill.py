@@ -1,0 +1,144 @@
+r"""Distillation (DeepSeek-R1 §2.4): SFT of a smaller student on a reasoning teacher's traces,
+against the same student trained with GRPO for the same wall time.
+
+Tiny default:
+
+    python launch/run.py --config=experiments/distill.py
+
+Hardware: a CPU (measured on 2 cores); about 15 minutes. Stages, each in runs/distill/<stage>/
+and skipped when rerun after it finished:
+  1. teacher        the R1-Zero quickstart run (experiments/r1_zero.py) from the tiny base
+                    (``teacher=DIR`` uses an exported checkpoint instead and skips this RL);
+  2. traces         k samples per training prompt from the teacher at temperature 0.7, kept if
+                    correct and well-formed (runs/distill/traces/out/data.jsonl, stats.json);
+  3. student_sft    SFT of the student — a smaller *Llama-style* decoder pretrained on the same
+                    corpus (experiments/assets/tiny_student, ``pretrain_tiny.py:student``) — on
+                    those traces, for ``budget`` seconds at most;
+  4. student_grpo   the same student trained with R1-Zero's GRPO for the same ``budget`` seconds;
+  5. eval_*         teacher, student base, SFT student and GRPO student on the same held-out
+                    problems with the same settings (temperature 0.6, top-p 0.95, 2 samples).
+Expected: the distilled student well above the GRPO student of equal wall time and close to
+its teacher — the paper's finding that distilling a strong reasoner beats RL on a small model.
+The README has the measured numbers.
+
+Real scale: ``experiments/distill.py:student=qwen2.5-1.5b,student_ckpt=/models/Qwen2.5-Math-1.5B,
+teacher=/ckpts/r1,train=/data/math_train.jsonl,test=/data/math500.jsonl`` — the paper's students
+(Qwen2.5-Math-1.5B/7B, Qwen2.5-14B/32B, Llama-3.1-8B, Llama-3.3-70B-Instruct) fine-tuned with SFT only
+(2 epochs, cosine 5e-5 → 5e-6) on the teacher's filtered samples at 32,768 tokens; no RL stage
+(``budget`` does not apply). Hardware: TPU pods / GPU clusters.
+"""
+import importlib.util
+import os
+
+import ml_collections
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STUDENT = os.path.join(ROOT, "experiments", "assets", "tiny_student")
+PRETRAIN = os.path.join(ROOT, "experiments", "pretrain_tiny.py")
+MESH = dict(data=-1, fsdp=1, tensor=1)
+
+_ARGS = {"teacher": str, "student": str, "student_ckpt": str, "train": str, "test": str,
+         "budget": float, "seed": int}
+
+
+def parse_arg(arg):
+    values = {}
+    for item in filter(None, (arg or "").split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or key not in _ARGS:
+            raise ValueError(f"experiments/distill.py: bad argument {item!r}; expected key=value "
+                             f"with key in {sorted(_ARGS)}")
+        try:
+            values[key] = _ARGS[key](value)
+        except ValueError:
+            raise ValueError(f"experiments/distill.py: {key}={value!r} is not valid") from None
+    return values
+
+
+def _experiment(name, arg=None):
+    """Another experiment's config (experiments/ is a folder of files, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"_r1jax_{name}", os.path.join(ROOT, "experiments",
+                                                                               f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg).to_dict()
+
+
+def _eval(ckpt, *, max_new_tokens=64, **extra):
+    config = _experiment("eval", f"ckpt={ckpt},bench=arithmetic,difficulty=3,num_problems=200,"
+                                 f"k=2,temperature=0.6,top_p=0.95,max_new_tokens={max_new_tokens},"
+                                 "batch_size=100,workers=2,mesh=data")
+    config["eval"].update(progress=False, **extra)
+    return config
+
+
+def tiny(values):
+    seed, budget = values.get("seed", 0), values.get("budget", 150.0)
+    student_model = dict(checkpoint=STUDENT, pretrain_config=PRETRAIN + ":student")
+    teacher = values.get("teacher", "{workdir}/teacher/export")
+    stages = {}
+    if "teacher" not in values:
+        stages["teacher"] = _experiment("r1_zero", f"seed={seed}")
+    stages["traces"] = dict(
+        job="traces", name="distill_traces", seed=seed, model=dict(checkpoint=teacher),
+        output_dir="{workdir}/traces/out",
+        data=dict(train="synthetic:arithmetic", difficulty=3, num_train=1500),
+        sampling=dict(num_samples=4, temperature=0.7, top_p=0.95, max_new_tokens=64,
+                      batch_prompts=96),
+        filters=dict(require_correct=True, require_format=True, min_language=0.95,
+                     max_per_prompt=2),
+        mesh=MESH)
+    stages["student_sft"] = dict(
+        job="sft", name="distill_student_sft", seed=seed, model=student_model,
+        data=dict(train="{workdir}/traces/out/data.jsonl", test=None, seq_len=256),
+        sft=dict(optim=dict(learning_rate=1e-3, schedule="cosine", warmup_steps=5,
+                            final_lr_fraction=0.1)),
+        epochs=3, batch_rows=16, eval_every=0, checkpoint_every=50, time_budget_s=budget,
+        mesh=MESH)
+    grpo = _experiment("r1_zero", f"seed={seed}")
+    grpo.update(name="distill_student_grpo", steps=1000, time_budget_s=budget)
+    grpo["model"].update(student_model)
+    grpo["eval"]["every"] = 0
+    stages["student_grpo"] = grpo
+    stages["eval_teacher"] = _eval(teacher)
+    stages["eval_student_base"] = _eval(STUDENT)
+    stages["eval_student_sft"] = _eval("{workdir}/student_sft/export")
+    stages["eval_student_grpo"] = _eval("{workdir}/student_grpo/export")
+    return dict(order=tuple(stages), stages=stages)
+
+
+def paper(values):
+    """SFT-only distillation of a real student on a teacher's filtered samples."""
+    student = values["student"]
+    ckpt = values.get("student_ckpt", f"/models/{student}")
+    train = values.get("train", "/data/train.jsonl")
+    real = dict(data=1, fsdp=-1, tensor=1)
+    stages = dict(
+        traces=dict(
+            job="traces", name="distill_traces", model=dict(checkpoint=values.get("teacher",
+                                                                                  "/ckpts/r1")),
+            output_dir="{workdir}/traces/out", data=dict(train=train, num_train=10_000_000),
+            sampling=dict(num_samples=4, temperature=0.6, top_p=0.95, max_new_tokens=32_768,
+                          batch_prompts=64),
+            filters=dict(require_correct=True, require_format=True, min_language=0.95,
+                         max_tokens=32_768),
+            mesh=real),
+        student_sft=dict(
+            job="sft", name=f"distill_{student}",
+            model=dict(checkpoint=ckpt, preset=student, dtype="bfloat16", remat="full"),
+            data=dict(train="{workdir}/traces/out/data.jsonl", test=None, seq_len=32_768),
+            sft=dict(optim=dict(learning_rate=5e-5, schedule="cosine", warmup_steps=100,
+                                final_lr_fraction=0.1, weight_decay=0.1), num_microbatches=8),
+            epochs=2, batch_rows=128, eval_every=0, checkpoint_every=500, mesh=real),
+        eval_student=_experiment("eval", "ckpt={workdir}/student_sft/export,bench=math500,data="
+                                 + values.get("test", "/data/math500.jsonl")),
+    )
+    for stage in (stages["traces"], stages["student_sft"]):
+        stage["seed"] = values.get("seed", 0)
+    return dict(order=tuple(stages), stages=stages)
+
+
+def get_config(arg=None):
+    values = parse_arg(arg)
+    settings = paper(values) if "student" in values else tiny(values)
+    return ml_collections.ConfigDict(dict(job="stages", **settings))
