@@ -162,7 +162,7 @@ def _write_stages_summary(workdir: str, summaries: dict) -> None:
     with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
         json.dump(summaries, f, indent=2)
     with open(os.path.join(workdir, "summary.md"), "w", encoding="utf-8") as f:
-        f.write(table + "\n")
+        f.write(table)
     print(table, flush=True)
 
 
