@@ -5,9 +5,9 @@ Command (writes the committed asset; deterministic: the same command gives the s
     JAX_PLATFORMS=cpu python launch/run.py --config=experiments/pretrain_tiny.py \
         --workdir=runs/pretrain_tiny
 
-Hardware and time: a 2-core CPU, about 50 minutes (1,600 steps of 16 × 256 tokens, ~6.5M tokens,
+Hardware and time: a 2-core CPU, about 25 minutes alone (40 when shared) (1,600 steps of 16 × 256 tokens, ~6.5M tokens,
 a 0.9M-parameter qwen2-style decoder: hidden 128, 4 layers, 4 heads / 2 KV heads, tied
-embeddings, a 1,024-token sentencepiece vocabulary where every integer 0–200 is one token).
+embeddings, a 1,024-token sentencepiece vocabulary where every integer 0–100 is one token).
 
 Expected result (``experiments/assets/tiny_base/README.md`` has the measured numbers): on held-out
 arithmetic chains, high latent skill when asked in a corpus-native format ("Problem: … Work:"),

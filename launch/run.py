@@ -3,7 +3,7 @@
 Overrides: ``--config.grpo.loss.beta=0.0``; work directory: ``--workdir=DIR`` (default
 ``runs/<experiment>``; rerunning the same command resumes there).
 """
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from r1jax import pipeline
@@ -16,6 +16,8 @@ flags.mark_flags_as_required(["config"])
 
 def main(argv):
     del argv
+    if not flags.FLAGS["verbosity"].present:  # orbax logs every checkpoint step at INFO
+        logging.set_verbosity(logging.WARNING)
     spec = config_flags.get_config_filename(flags.FLAGS["config"])
     pipeline.run(_CONFIG.value, _WORKDIR.value or pipeline.default_workdir(spec))
 

@@ -90,6 +90,11 @@ def train(cfg: GRPORunConfig, workdir: str) -> dict:
                                  sharding=sharding, pool=pool)
         metrics = dict(result.metrics)
         writer.write(step, metrics, EVAL_FILE, prefix="eval/")
+        if distributed.is_main_process():
+            tqdm.write(f"[r1jax] held-out eval at step {step}: pass@1 {metrics['pass@1']:.1%}, "
+                       f"format {metrics['format_rate']:.1%}, mean length "
+                       f"{metrics['mean_length']:.1f} tokens ({len(eval_problems)} problems × "
+                       f"{eval_settings.num_samples})")
         if cfg.checkpoint.keep_best and metrics["pass@1"] > best["pass@1"]:
             best.update({"pass@1": metrics["pass@1"], "step": step})
             export_policy(os.path.join(workdir, "best"), model_cfg, params, tokenizer)
@@ -272,6 +277,8 @@ def _summary(cfg: GRPORunConfig, workdir: str, initial: dict | None, final: dict
             + "\n![curves](curves.png)\n")
     with open(os.path.join(workdir, "summary.md"), "w", encoding="utf-8") as f:
         f.write(text)
+    print(text.split("![curves]")[0].rstrip() + f"\n\nWritten to {workdir}: summary.md, curves.png, "
+          "metrics.jsonl, eval.jsonl, export/", flush=True)
     import json
 
     with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
