@@ -8,9 +8,10 @@ Hardware: any CPU (measured on a 2-core machine). Time: under 10 minutes. It sta
 project's own tiny base model (experiments/assets/tiny_base, produced by
 experiments/pretrain_tiny.py and pretrained again automatically if missing), trains it with GRPO
 on synthetic arithmetic chains using accuracy + format rewards and the verbatim R1-Zero template,
-and prints held-out pass@1 before and after RL. Expected (see the README for measured numbers):
-held-out pass@1 rises by well over 25 points from a base below 50%, the format is learned
-(> 90%), and the reasoning inside <think> does not collapse. Output in runs/r1_zero/: metrics.jsonl,
+and prints held-out pass@1 before and after RL. Measured (README): seed 0 takes held-out pass@1
+from 1.5% to 75.5% in 5 min 16 s on 2 cores, format rate 90% → 100%, the chain inside <think>
+growing from 11 to 17 tokens; seed 1 learns the format (100%) but stays near 9% pass@1 — at this
+scale whether RL finds the full chain before the policy's entropy falls depends on the seed. Output in runs/r1_zero/: metrics.jsonl,
 eval.jsonl, curves.png (accuracy, reward and response length over steps), summary.md, export/.
 
 Real scale (the paper's recipe; arguments are ``key=value`` after a colon):
