@@ -10,6 +10,9 @@ from absl import app, flags
 from ml_collections import config_flags
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # the TPU is described, not used
+# libtpu takes a machine-wide lock when loaded; only compiling here, we need not hold it (and
+# must not fail because another process, e.g. a test run or a second check, already does).
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 from r1jax.rl import aot  # noqa: E402
 from r1jax.rl.run_config import GRPORunConfig  # noqa: E402

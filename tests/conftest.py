@@ -2,6 +2,9 @@
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# TPU ahead-of-time tests load libtpu in this process and in launch/aot.py subprocesses; without
+# this, the first to load it holds a machine-wide lock and the others fail.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 _flag = "--xla_force_host_platform_device_count=8"
 if _flag not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
