@@ -5,7 +5,8 @@ Tiny default:
 
     python launch/run.py --config=experiments/distill.py
 
-Hardware: a CPU (measured on 2 cores); about 15 minutes. Stages, each in runs/distill/<stage>/
+Hardware: a CPU. Time: planned for about 15 minutes on 2 cores (the end-to-end run has not been
+timed yet). Stages, each in runs/distill/<stage>/
 and skipped when rerun after it finished:
   1. teacher        the R1-Zero quickstart run (experiments/r1_zero.py) from the tiny base,
                     40 steps (``teacher=DIR`` uses an exported checkpoint instead, e.g.
@@ -18,9 +19,8 @@ and skipped when rerun after it finished:
   4. student_grpo   the same student trained with R1-Zero's GRPO for the same ``budget`` seconds;
   5. eval_*         teacher, student base, SFT student and GRPO student on the same held-out
                     problems with the same settings (temperature 0.6, top-p 0.95, 2 samples).
-Expected: the distilled student well above the GRPO student of equal wall time and close to
+Expected (not yet measured): the distilled student well above the GRPO student of equal wall time and close to
 its teacher — the paper's finding that distilling a strong reasoner beats RL on a small model.
-The README has the measured numbers.
 
 Real scale: ``experiments/distill.py:student=qwen2.5-1.5b,student_ckpt=/models/Qwen2.5-Math-1.5B,
 teacher=/ckpts/r1,train=/data/math_train.jsonl,test=/data/math500.jsonl`` — the paper's students
@@ -28,10 +28,12 @@ teacher=/ckpts/r1,train=/data/math_train.jsonl,test=/data/math500.jsonl`` — th
 (2 epochs, cosine 5e-5 → 5e-6) on the teacher's filtered samples at 32,768 tokens; no RL stage
 (``budget`` does not apply). Hardware: TPU pods / GPU clusters.
 """
-import importlib.util
 import os
 
 import ml_collections
+
+from r1jax.configdict import parse_variant
+from r1jax.pipeline import load_experiment
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STUDENT = os.path.join(ROOT, "experiments", "assets", "tiny_student")
@@ -43,26 +45,13 @@ _ARGS = {"teacher": str, "student": str, "student_ckpt": str, "train": str, "tes
 
 
 def parse_arg(arg):
-    values = {}
-    for item in filter(None, (arg or "").split(",")):
-        key, sep, value = item.partition("=")
-        if not sep or key not in _ARGS:
-            raise ValueError(f"experiments/distill.py: bad argument {item!r}; expected key=value "
-                             f"with key in {sorted(_ARGS)}")
-        try:
-            values[key] = _ARGS[key](value)
-        except ValueError:
-            raise ValueError(f"experiments/distill.py: {key}={value!r} is not valid") from None
-    return values
+    return parse_variant(arg, _ARGS, "experiments/distill.py")
 
 
 def _experiment(name, arg=None):
-    """Another experiment's config (experiments/ is a folder of files, not a package)."""
-    spec = importlib.util.spec_from_file_location(f"_r1jax_{name}", os.path.join(ROOT, "experiments",
-                                                                               f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg).to_dict()
+    """Another experiment's config as a dict (``arg`` as after the colon of ``--config``)."""
+    path = os.path.join(ROOT, "experiments", f"{name}.py")
+    return load_experiment(f"{path}:{arg}" if arg else path).to_dict()
 
 
 def _eval(ckpt, *, max_new_tokens=64, **extra):

@@ -4,7 +4,8 @@ Tiny default:
 
     python launch/run.py --config=experiments/r1.py
 
-Hardware: a CPU (measured on 2 cores); under 15 minutes. Stages, each in runs/r1/<stage>/ and
+Hardware: a CPU. Time: planned for under 15 minutes on 2 cores (the end-to-end run has not been
+timed yet). Stages, each in runs/r1/<stage>/ and
 skipped when rerun after it finished:
   1. cold_start    SFT of the tiny base on ~2,000 readable chains of thought (synthetic tasks);
   2. reasoning_rl  GRPO on arithmetic with accuracy + format + language-consistency rewards;
@@ -14,8 +15,8 @@ skipped when rerun after it finished:
   5. reward_model  a preference reward model (Bradley–Terry) for general prompts;
   6. all_rl        GRPO on reasoning + general prompts: rule rewards for the first, the reward
                    model for the second, rollout temperature 0.7.
-Expected: held-out pass@1 and format rate of the final model at or above the tiny R1-Zero's
-(README has the measured numbers). Stage 6's summary holds the final held-out evaluation.
+Expected (not yet measured): held-out pass@1 and format rate of the final model at or above the tiny R1-Zero's.
+Stage 6's summary holds the final held-out evaluation.
 
 Real scale: ``experiments/r1.py:model=qwen2.5-math-7b,ckpt=/models/Qwen2.5-Math-7B,
 cold_start=/data/cold_start.jsonl,train=/data/math_train.jsonl,test=/data/math500.jsonl,

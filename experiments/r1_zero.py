@@ -36,6 +36,8 @@ import os
 import ml_collections
 from ml_collections.config_dict import placeholder
 
+from r1jax.configdict import parse_variant
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_BASE = os.path.join(ROOT, "experiments", "assets", "tiny_base")
 PRETRAIN = os.path.join(ROOT, "experiments", "pretrain_tiny.py")
@@ -46,17 +48,7 @@ _ARGS = {"model": str, "ckpt": str, "train": str, "test": str, "seed": int, "ste
 
 
 def parse_arg(arg):
-    values = {}
-    for item in filter(None, (arg or "").split(",")):
-        key, sep, value = item.partition("=")
-        if not sep or key not in _ARGS:
-            raise ValueError(f"experiments/r1_zero.py: bad argument {item!r}; expected key=value "
-                             f"with key in {sorted(_ARGS)}")
-        try:
-            values[key] = _ARGS[key](value)
-        except ValueError:
-            raise ValueError(f"experiments/r1_zero.py: {key}={value!r} is not valid") from None
-    return values
+    return parse_variant(arg, _ARGS, "experiments/r1_zero.py")
 
 
 def base():

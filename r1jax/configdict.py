@@ -111,3 +111,19 @@ def to_dict(obj: Any) -> Any:
     if isinstance(obj, Mapping):
         return {k: to_dict(v) for k, v in obj.items()}
     return obj
+
+
+def parse_variant(arg: str | None, types: Mapping[str, Any], experiment: str) -> dict:
+    """``"key=value,…"`` (the part of ``--config=file.py:arg`` after the colon) as a dict of values
+    parsed by ``types[key]``; an unknown key or a bad value names the experiment and the item."""
+    values = {}
+    for item in filter(None, (arg or "").split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or key not in types:
+            raise ValueError(f"{experiment}: bad argument {item!r}; expected key=value with key in "
+                             f"{sorted(types)}")
+        try:
+            values[key] = types[key](value)
+        except ValueError:
+            raise ValueError(f"{experiment}: {key}={value!r} is not valid") from None
+    return values
