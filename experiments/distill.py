@@ -5,9 +5,8 @@ Tiny default:
 
     python launch/run.py --config=experiments/distill.py
 
-Hardware: a CPU. Time: planned for about 15 minutes on 2 cores (the end-to-end run has not been
-timed yet). Stages, each in runs/distill/<stage>/
-and skipped when rerun after it finished:
+Hardware: a CPU. Time: about 8 minutes on 2 cores (measured: 7 min 58 s). Stages, each in
+runs/distill/<stage>/ and skipped when rerun after it finished:
   1. teacher        the R1-Zero quickstart run (experiments/r1_zero.py) from the tiny base,
                     40 steps (``teacher=DIR`` uses an exported checkpoint instead, e.g.
                     ``teacher=runs/r1_zero/export``, and skips this RL);
@@ -19,8 +18,10 @@ and skipped when rerun after it finished:
   4. student_grpo   the same student trained with R1-Zero's GRPO for the same ``budget`` seconds;
   5. eval_*         teacher, student base, SFT student and GRPO student on the same held-out
                     problems with the same settings (temperature 0.6, top-p 0.95, 2 samples).
-Expected (not yet measured): the distilled student well above the GRPO student of equal wall time and close to
-its teacher — the paper's finding that distilling a strong reasoner beats RL on a small model.
+Measured (README): teacher 80.8% held-out pass@1; student base 0.5%; SFT student 62.8% (format
+100%) after 90 s of SFT on 1,364 traces; GRPO student 0.5% after 124 s of GRPO. Distillation beats
+RL on the small model at equal compute, as in the paper's §4.1; the gap is extreme here because
+the student never writes the template's tags, so neither rule reward ever fires for it.
 
 Real scale: ``experiments/distill.py:student=qwen2.5-1.5b,student_ckpt=/models/Qwen2.5-Math-1.5B,
 teacher=/ckpts/r1,train=/data/math_train.jsonl,test=/data/math500.jsonl`` — the paper's students

@@ -4,9 +4,8 @@ Tiny default:
 
     python launch/run.py --config=experiments/r1.py
 
-Hardware: a CPU. Time: planned for under 15 minutes on 2 cores (the end-to-end run has not been
-timed yet). Stages, each in runs/r1/<stage>/ and
-skipped when rerun after it finished:
+Hardware: a CPU. Time: about 12 minutes on 2 cores (measured: 11 min 46 s). Stages, each in
+runs/r1/<stage>/ and skipped when rerun after it finished:
   1. cold_start    SFT of the tiny base on ~2,000 readable chains of thought (synthetic tasks);
   2. reasoning_rl  GRPO on arithmetic with accuracy + format + language-consistency rewards;
   3. rejection     k samples per training prompt from stage 2, kept if correct, well-formed and
@@ -15,7 +14,8 @@ skipped when rerun after it finished:
   5. reward_model  a preference reward model (Bradley–Terry) for general prompts;
   6. all_rl        GRPO on reasoning + general prompts: rule rewards for the first, the reward
                    model for the second, rollout temperature 0.7.
-Expected (not yet measured): held-out pass@1 and format rate of the final model at or above the tiny R1-Zero's.
+Measured (README, seed 0): held-out pass@1 78.8% after the cold start (the base: 1.5%), 78.5%
+after reasoning RL, 76.2% at the end, format 100% throughout; the tiny R1-Zero ends at 72–77%.
 Stage 6's summary holds the final held-out evaluation.
 
 Real scale: ``experiments/r1.py:model=qwen2.5-math-7b,ckpt=/models/Qwen2.5-Math-7B,
@@ -31,26 +31,26 @@ import os
 
 import ml_collections
 
+from r1jax.configdict import parse_variant
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_BASE = os.path.join(ROOT, "experiments", "assets", "tiny_base")
 PRETRAIN = os.path.join(ROOT, "experiments", "pretrain_tiny.py")
 MESH = dict(data=-1, fsdp=1, tensor=1)
 
-_ARGS = ("model", "ckpt", "cold_start", "train", "test", "general", "preferences", "seed")
+_ARGS = {"model": str, "ckpt": str, "cold_start": str, "train": str, "test": str, "general": str,
+         "preferences": str, "seed": int}
 
 
 def parse_arg(arg):
-    values = {}
-    for item in filter(None, (arg or "").split(",")):
-        key, sep, value = item.partition("=")
-        if not sep or key not in _ARGS:
-            raise ValueError(f"experiments/r1.py: bad argument {item!r}; keys: {_ARGS}")
-        values[key] = int(value) if key == "seed" else value
-    return values
+    return parse_variant(arg, _ARGS, "experiments/r1.py")
 
 
 def grpo_stage(name, checkpoint, train, weights, *, steps, temperature, reward_model=None,
-               prompts=16, group=8, max_new_tokens=64, lr=2e-4, mesh=MESH, **extra):
+               prompts=16, group=8, max_new_tokens=64, lr=5e-5, mesh=MESH, **extra):
+    # A quarter of R1-Zero's tiny learning rate: after SFT the policy's entropy is ~0.03 and Adam's
+    # steps do not shrink with the gradients; at 2e-4 both RL stages lost 10 points of held-out
+    # pass@1 in 25 steps (78.8% -> 68.8%), at 5e-5 they hold it (78.8% -> 78.5%).
     return dict(
         job="grpo", name=name, steps=steps, prompts_per_step=prompts,
         model=dict(checkpoint=checkpoint),

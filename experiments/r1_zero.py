@@ -8,10 +8,10 @@ Hardware: any CPU (measured on a 2-core machine). Time: under 10 minutes. It sta
 project's own tiny base model (experiments/assets/tiny_base, produced by
 experiments/pretrain_tiny.py and pretrained again automatically if missing), trains it with GRPO
 on synthetic arithmetic chains using accuracy + format rewards and the verbatim R1-Zero template,
-and prints held-out pass@1 before and after RL. Measured (README): seed 0 takes held-out pass@1
-from 1.5% to 75.5% in 5 min 16 s on 2 cores, format rate 90% → 100%, the chain inside <think>
-growing from 11 to 17 tokens; seed 1 learns the format (100%) but stays near 9% pass@1 — at this
-scale whether RL finds the full chain before the policy's entropy falls depends on the seed. Output in runs/r1_zero/: metrics.jsonl,
+and prints held-out pass@1 before and after RL. Measured (README, 2 cores): held-out pass@1
+1.5% → 72.0%, 2.2% → 77.0% and 1.8% → 74.2% for seeds 0, 1 and 2, in 5 min 12 s – 5 min 32 s;
+format rate 90% → 100%; the held-out response growing from 28 to 36 tokens as the chain inside
+<think> lengthens from one step to the full chain. Output in runs/r1_zero/: metrics.jsonl,
 eval.jsonl, curves.png (accuracy, reward and response length over steps), summary.md, export/.
 
 Real scale (the paper's recipe; arguments are ``key=value`` after a colon):
@@ -95,7 +95,12 @@ def tiny(values):
     return dict(
         name="r1_zero_tiny", steps=60, prompts_per_step=16,
         model=model,
-        data=dict(difficulty=3, num_train=20_000, num_test=200),
+        # Trained on 2- and 3-step chains alike, evaluated on held-out 3-step chains: the base
+        # answers after one step, and a full 2-step chain is found by chance far more often than a
+        # 3-step one, so every seed gets reward for continuing the chain early (with 3-step
+        # training chains alone one seed in two never left the one-step answer in 60 steps).
+        data=dict(train="synthetic:arithmetic:d2+synthetic:arithmetic:d3", difficulty=3,
+                  num_train=20_000, num_test=200),
         rollout=dict(max_new_tokens=64, temperature=1.0),
         grpo=dict(
             group_size=8, temperature=1.0,

@@ -1,12 +1,15 @@
 """Named prompt sets: what ``data.train`` / ``data.test`` of an experiment point at.
 
-``synthetic:<task>`` (arithmetic, countdown, general), ``humaneval``, or a JSONL path; ``a+b``
-mixes sets, each contributing up to ``num_train`` / ``num_test`` problems.
+``synthetic:<task>`` (arithmetic, countdown, general) at ``data.difficulty``, or
+``synthetic:<task>:d<N>`` at difficulty N; ``humaneval``; or a JSONL path. ``a+b`` mixes sets, each
+contributing up to ``num_train`` / ``num_test`` problems (``synthetic:arithmetic:d2+synthetic:
+arithmetic:d3`` trains on 2- and 3-step chains alike).
 """
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
 
 from r1jax.data.humaneval import load_humaneval
 from r1jax.data.jsonl import JsonlConfig, load_jsonl
@@ -47,8 +50,14 @@ def _load_one(source: DataSource, name: str, split: str) -> ProblemSet:
     if name == "synthetic:general":
         return general_problems(count, seed=source.seed, split=split)
     if name.startswith("synthetic:"):
-        task = name.split(":", 1)[1]
-        return problem_set(SyntheticConfig(task=task, difficulty=source.difficulty,
+        _, task, *level = name.split(":")
+        difficulty = source.difficulty
+        if level:
+            if len(level) > 1 or not re.fullmatch(r"d\d+", level[0]):
+                raise ValueError(f"data.{split} {name!r}: expected synthetic:<task> or "
+                                 "synthetic:<task>:d<difficulty>, e.g. synthetic:arithmetic:d2")
+            difficulty = int(level[0][1:])
+        return problem_set(SyntheticConfig(task=task, difficulty=difficulty,
                                            num_examples=count, seed=source.seed, split=split,
                                            unique=split == "test"))
     if name == "humaneval":

@@ -130,3 +130,20 @@ def test_parse_integer(text, value):
 def test_config_validation(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SyntheticConfig(**kwargs)
+
+
+def test_named_sets_pick_a_difficulty_per_part_and_mix():
+    from r1jax.data.sources import DataSource, load_problems
+
+    source = DataSource(train="synthetic:arithmetic:d1+synthetic:arithmetic", difficulty=3,
+                        num_train=5)
+    problems = load_problems(source, "train").problems
+    assert len(problems) == 10
+    steps = [p.question.count(",") for p in problems]  # "Start with 4, subtract 1, add 7, ..."
+    # Part 1 at d1 (one operation), part 2 at data.difficulty (three operations).
+    assert steps[:5] == [1] * 5 and steps[5:] == [3] * 5
+    assert all(":d1:" in p.source for p in problems[:5])
+    assert all(":d3:" in p.source for p in problems[5:])
+    for bad in ("synthetic:arithmetic:2", "synthetic:arithmetic:d2:x", "synthetic:arithmetic:d9"):
+        with pytest.raises(ValueError, match="synthetic:arithmetic|difficulty"):
+            load_problems(DataSource(train=bad, num_train=2), "train")
