@@ -156,3 +156,20 @@ def test_cache_batch_mismatch_is_rejected():
     params = models.init(cfg, jax.random.key(0))
     with pytest.raises(ValueError, match="cache holds 2 sequences"):
         models.forward(cfg, params, jnp.ones((3, 1), jnp.int32), cache=models.init_cache(cfg, 2, 8))
+
+
+def test_widening_matmul_value_and_gradients_match_float64():
+    from r1jax.models.layers import widening_matmul
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 5, 8)).astype(np.float32)
+    w = rng.standard_normal((8, 24)).astype(np.float32)
+    dy = rng.standard_normal((2, 5, 24)).astype(np.float32)
+    y, vjp = jax.vjp(widening_matmul, jnp.asarray(x), jnp.asarray(w))
+    dx, dw = vjp(jnp.asarray(dy))
+    x64, w64, dy64 = (a.astype(np.float64) for a in (x, w, dy))
+    np.testing.assert_allclose(np.asarray(y), x64 @ w64, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(dx), dy64 @ w64.T, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(dw), x64.reshape(-1, 8).T @ dy64.reshape(-1, 24),
+                               rtol=1e-5, atol=1e-5)
+    assert dw.shape == w.shape and dx.shape == x.shape

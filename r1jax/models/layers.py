@@ -157,6 +157,36 @@ class Attention(nn.Module):
         return out_BxLxD, kv_cache
 
 
+@jax.custom_vjp
+def _widening_matmul_cpu(x_NxD, w_DxF):
+    return x_NxD @ w_DxF
+
+
+def _widening_fwd(x_NxD, w_DxF):
+    return x_NxD @ w_DxF, (x_NxD, w_DxF)
+
+
+def _widening_bwd(residuals, dy_NxF):
+    x_NxD, w_DxF = residuals
+    dx_NxD = dy_NxF @ w_DxF.T
+    # dW^T = dy^T x rather than dW = x^T dy: XLA:CPU transposes the right operand of a matmul that
+    # contracts the token axis, and x (N x D) is F/D times smaller than dy (N x F).
+    dw_FxD = jnp.einsum("nf,nd->fd", dy_NxF, x_NxD)
+    return dx_NxD, dw_FxD.T.astype(w_DxF.dtype)
+
+
+_widening_matmul_cpu.defvjp(_widening_fwd, _widening_bwd)
+
+
+def widening_matmul(x_BxLxD, w_DxF):
+    """``x @ w``; on CPU its weight gradient is computed in the orientation XLA:CPU runs fastest."""
+    if jax.default_backend() != "cpu":
+        return x_BxLxD @ w_DxF
+    lead = x_BxLxD.shape[:-1]
+    y = _widening_matmul_cpu(x_BxLxD.reshape(-1, x_BxLxD.shape[-1]), w_DxF)
+    return y.reshape(*lead, w_DxF.shape[-1])
+
+
 class MLP(nn.Module):
     """SwiGLU: ``down(silu(gate(x)) * up(x))``."""
 
@@ -173,6 +203,7 @@ class MLP(nn.Module):
         gate = _param(self, "gate_kernel", init, shape_in, ("embed", "mlp"), pdtype)
         up = _param(self, "up_kernel", init, shape_in, ("embed", "mlp"), pdtype)
         down = _param(self, "down_kernel", init, shape_out, ("mlp", "embed"), pdtype)
-        h_BxLxF = jax.nn.silu(x_BxLxD @ gate.astype(dtype)) * (x_BxLxD @ up.astype(dtype))
+        h_BxLxF = jax.nn.silu(widening_matmul(x_BxLxD, gate.astype(dtype))) * widening_matmul(
+            x_BxLxD, up.astype(dtype))
         h_BxLxF = constrain(h_BxLxF, ("batch", "length", "act_mlp"), self.sharding)
         return h_BxLxF @ down.astype(dtype)
