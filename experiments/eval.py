@@ -32,6 +32,8 @@ verdict), ``summary.json`` and ``results.md``; rerun the same command to resume 
 import ml_collections
 from ml_collections import config_dict
 
+from r1jax.configdict import parse_variant
+
 # arg key -> (config field, parser)
 _ARGS = {
     "ckpt": ("ckpt", str), "bench": ("bench", str), "data": ("data", str), "format": ("format", str),
@@ -48,18 +50,9 @@ TINY = dict(bench="countdown", num_samples=4, max_new_tokens=256, num_problems=1
 
 def parse_arg(arg):
     """``"ckpt=DIR,bench=aime,k=8"`` as ``{config field: value}``; errors name the bad key."""
-    values = {}
-    for item in filter(None, (arg or "").split(",")):
-        key, sep, value = item.partition("=")
-        if not sep or key not in _ARGS:
-            raise ValueError(f"experiments/eval.py: bad argument {item!r}; expected key=value with key "
-                             f"in {sorted(_ARGS)}")
-        field, parse = _ARGS[key]
-        try:
-            values[field] = parse(value)
-        except ValueError:
-            raise ValueError(f"experiments/eval.py: {key}={value!r} is not a valid value") from None
-    return values
+    values = parse_variant(arg, {key: parse for key, (_, parse) in _ARGS.items()},
+                           "experiments/eval.py")
+    return {_ARGS[key][0]: value for key, value in values.items()}
 
 
 def get_config(arg=None):

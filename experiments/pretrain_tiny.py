@@ -27,6 +27,8 @@ Variants (``key=value`` pairs, comma-separated, after a colon):
 """
 import ml_collections
 
+from r1jax.configdict import parse_variant
+
 ASSET_DIR = "experiments/assets/tiny_base"
 STUDENT_DIR = "experiments/assets/tiny_student"
 # The distillation student: a smaller Llama-style decoder (no q/k/v bias, untied embeddings,
@@ -37,19 +39,8 @@ STUDENT = dict(model_type="llama", qkv_bias=False, tie_embeddings=False, hidden_
 
 
 def _parse(arg):
-    values = {}
-    for item in filter(None, (arg or "").split(",")):
-        key, sep, value = item.partition("=")
-        if key in ("smoke", "student") and not sep:
-            values[key] = True
-        elif sep and key in ("steps", "seed"):
-            values[key] = int(value)
-        elif sep and key == "out":
-            values[key] = value
-        else:
-            raise ValueError(f"experiments/pretrain_tiny.py: bad argument {item!r}; expected "
-                             "'smoke', 'student', 'steps=N', 'seed=N' or 'out=DIR'")
-    return values
+    return parse_variant(arg, {"steps": int, "seed": int, "out": str},
+                         "experiments/pretrain_tiny.py", flags=("smoke", "student"))
 
 
 def get_config(arg=None):

@@ -113,17 +113,24 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
-def parse_variant(arg: str | None, types: Mapping[str, Any], experiment: str) -> dict:
+def parse_variant(arg: str | None, types: Mapping[str, Any], experiment: str,
+                  flags: tuple[str, ...] = ()) -> dict:
     """``"key=value,…"`` (the part of ``--config=file.py:arg`` after the colon) as a dict of values
-    parsed by ``types[key]``; an unknown key or a bad value names the experiment and the item."""
+    parsed by ``types[key]``; a bare ``flag`` from ``flags`` gives ``{flag: True}``. An unknown key
+    or a bad value names the experiment and the item."""
     values = {}
     for item in filter(None, (arg or "").split(",")):
         key, sep, value = item.partition("=")
+        if not sep and key in flags:
+            values[key] = True
+            continue
         if not sep or key not in types:
-            raise ValueError(f"{experiment}: bad argument {item!r}; expected key=value with key in "
-                             f"{sorted(types)}")
+            expected = "key=value with key in " + str(sorted(types))
+            if flags:
+                expected += f", or one of {sorted(flags)}"
+            raise ValueError(f"{experiment}: bad argument {item!r}; expected {expected}")
         try:
             values[key] = types[key](value)
         except ValueError:
-            raise ValueError(f"{experiment}: {key}={value!r} is not valid") from None
+            raise ValueError(f"{experiment}: {key}={value!r} is not a valid value") from None
     return values

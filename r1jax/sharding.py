@@ -138,6 +138,10 @@ class Sharding:
     def replicated(self) -> NamedSharding:
         return NamedSharding(self.mesh, PartitionSpec())
 
+    def rows(self, batch_tree: Any) -> Any:
+        """A batch's shardings: every leaf's rows over the batch axes, nothing else split."""
+        return jax.tree.map(lambda x: self.named(("batch", "length")[:x.ndim], x.shape), batch_tree)
+
 
 def constrain(x: jax.Array, logical_axes: Iterable[str | None], sharding: Sharding | None):
     """``with_sharding_constraint`` by logical names; a no-op without a mesh."""

@@ -19,7 +19,7 @@ from r1jax import models
 from r1jax.hf.config_io import load_config
 from r1jax.optim import TrainState, make_optimizer
 from r1jax.rl.run_config import GRPORunConfig
-from r1jax.rl.step import GRPOBatch, batch_shardings, grpo_step
+from r1jax.rl.step import GRPOBatch, grpo_step
 from r1jax.sharding import Sharding, make_mesh
 
 GiB = 1024**3
@@ -140,7 +140,7 @@ def compile_for_topology(cfg: GRPORunConfig, topology: str, *, rollout: bool = T
         old_logp_BxT=None if grpo.on_policy else spec((rows, columns), jnp.float32),
         ref_logp_BxT=spec((rows, columns), jnp.float32) if grpo.loss.beta > 0 and not ref_inside
         else None)
-    batch_sh = batch_shardings(batch, sharding)
+    batch_sh = sharding.rows(batch)
     batch = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                          batch, batch_sh)
     step = functools.partial(grpo_step, cfg=grpo, model_cfg=model_cfg, optimizer=optimizer,

@@ -48,7 +48,6 @@ class GRPOBatch:
         return jax.tree.map(lambda x: x[start:stop], self)
 
 
-BATCH_AXES = ("batch", "length")
 
 
 def grpo_step(state: TrainState, batch: GRPOBatch, ref_params: Any, *, cfg: GRPOConfig,
@@ -97,10 +96,6 @@ def grpo_step(state: TrainState, batch: GRPOBatch, ref_params: Any, *, cfg: GRPO
     return new_state, metrics
 
 
-def batch_shardings(batch: GRPOBatch, sharding: Sharding) -> GRPOBatch:
-    """Rows over the mesh's batch axes; nothing else split."""
-    return jax.tree.map(lambda x: sharding.named(BATCH_AXES[:x.ndim], x.shape), batch)
-
 
 def make_grpo_step(cfg: GRPOConfig, model_cfg: models.ModelConfig,
                    optimizer: optax.GradientTransformation, state: TrainState,
@@ -121,7 +116,7 @@ def make_grpo_step(cfg: GRPOConfig, model_cfg: models.ModelConfig,
         key = (jax.tree.structure(batch), tuple(x.shape for x in jax.tree.leaves(batch)),
                ref_params is None)
         if key not in compiled:
-            batch_sh = batch_shardings(batch, sharding)
+            batch_sh = sharding.rows(batch)
             compiled[key] = (batch_sh, jax.jit(
                 step,
                 in_shardings=(state_sh, batch_sh, None if ref_params is None else param_sh),

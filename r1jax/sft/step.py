@@ -19,7 +19,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-import kernels
 from r1jax import models
 from r1jax.rl import logprobs as rl_logprobs
 from r1jax.optim import TrainState, accumulate, guarded_update, learning_rate_schedule, shardings_of
@@ -27,7 +26,6 @@ from r1jax.sft.config import SFTConfig
 from r1jax.sft.packing import PackedRows
 from r1jax.sharding import Sharding, constrain
 
-BATCH_AXES = ("batch", "length")
 
 
 @flax.struct.dataclass
@@ -113,10 +111,6 @@ def sft_step(state: TrainState, batch: SFTBatch, *, cfg: SFTConfig,
     return new_state, metrics
 
 
-def batch_shardings(batch: SFTBatch, sharding: Sharding) -> SFTBatch:
-    """Rows over the mesh's batch axes; nothing else split."""
-    return jax.tree.map(lambda x: sharding.named(BATCH_AXES[:x.ndim], x.shape), batch)
-
 
 def make_sft_step(cfg: SFTConfig, model_cfg: models.ModelConfig,
                   optimizer: optax.GradientTransformation, state: TrainState,
@@ -133,7 +127,7 @@ def make_sft_step(cfg: SFTConfig, model_cfg: models.ModelConfig,
     def call(state, batch):
         key = tuple(x.shape for x in jax.tree.leaves(batch))
         if key not in compiled:
-            compiled[key] = jax.jit(step, in_shardings=(state_sh, batch_shardings(batch, sharding)),
+            compiled[key] = jax.jit(step, in_shardings=(state_sh, sharding.rows(batch)),
                                     out_shardings=(state_sh, sharding.replicated()),
                                     donate_argnums=(0,))
         return compiled[key](state, batch)

@@ -25,7 +25,6 @@ from jax.experimental import multihost_utils  # noqa: E402
 from r1jax import distributed, models  # noqa: E402
 from r1jax.rl import GRPOBatch, GRPOConfig, LossConfig, OptimConfig  # noqa: E402
 from r1jax.rl import init_train_state, make_grpo_step, make_optimizer  # noqa: E402
-from r1jax.rl.step import batch_shardings  # noqa: E402
 from r1jax.sharding import Sharding, make_mesh  # noqa: E402
 
 if args.num_processes > 1:
@@ -62,7 +61,7 @@ step = make_grpo_step(GRPO, CFG, optimizer, state, sharding)
 for seed in (0, 1):
     full = make_batch(seed)
     local = full.rows(*(lambda s: (s.start, s.stop))(distributed.process_rows(8)))
-    batch = distributed.global_batch(local, batch_shardings(full, sharding))
+    batch = distributed.global_batch(local, sharding.rows(full))
     state, metrics = step(state, batch, ref_params)
 final = multihost_utils.process_allgather(state.params, tiled=True)
 if distributed.is_main_process():
