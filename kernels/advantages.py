@@ -185,16 +185,27 @@ def grouped_advantages(rewards_PxG, valid_PxG=None, *, mode="grpo", eps=1e-4, dd
     if not (eps >= 0 and ddof >= 0):
         raise ValueError(f"grouped_advantages: need eps >= 0 and ddof >= 0, got {eps}, {ddof}.")
     impl = _resolve_impl(impl)
-    statics = dict(mode=mode, eps=float(eps), ddof=int(ddof))
+    if impl != "reference":
+        (block_sizes or AdvantageBlockSizes()).validate(impl)
+    return _grouped_advantages(rewards_PxG, valid_PxG, mode=mode, eps=float(eps), ddof=int(ddof),
+                               batch_normalize=bool(batch_normalize), impl=impl,
+                               blocks=block_sizes or AdvantageBlockSizes(), interpret=interpret)
+
+
+# One compiled program per setting: run op by op (as from the host between rollout and update),
+# the dozen small ops would cost ~1.5 ms of dispatch for microseconds of arithmetic.
+@functools.partial(jax.jit, static_argnames=("mode", "eps", "ddof", "batch_normalize", "impl",
+                                             "blocks", "interpret"))
+def _grouped_advantages(rewards_PxG, valid_PxG, *, mode, eps, ddof, batch_normalize, impl,
+                        blocks, interpret):
+    statics = dict(mode=mode, eps=eps, ddof=ddof)
     if impl == "reference" or rewards_PxG.size == 0:
         adv_PxG, stats_Px4 = grouped_advantages_reference(rewards_PxG, valid_PxG, **statics)
     else:
-        blocks = block_sizes or AdvantageBlockSizes()
-        blocks.validate(impl)
         adv_PxG, stats_Px4 = _pallas_group_stats(rewards_PxG, valid_PxG, impl=impl, blocks=blocks,
                                                  interpret=interpret, **statics)
     if batch_normalize:
-        adv_PxG = _batch_normalize(adv_PxG, rewards_PxG, valid_PxG, eps=float(eps), ddof=int(ddof))
+        adv_PxG = _batch_normalize(adv_PxG, rewards_PxG, valid_PxG, eps=eps, ddof=ddof)
     return GroupedAdvantages(
         advantages_PxG=adv_PxG,
         mean_P=stats_Px4[:, _MEAN],

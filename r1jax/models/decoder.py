@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 
 from r1jax.models.config import ModelConfig
-from r1jax.models.layers import MLP, Attention, RMSNorm, _param, attention_weights_mask
+from r1jax.models.layers import (MLP, Attention, RMSNorm, _param, attention_weights_mask,
+                                 rope_tables)
 from r1jax.sharding import Sharding, constrain, logical_axes_of
 
 Params = Any
@@ -34,11 +35,12 @@ class Block(nn.Module):
     sharding: Sharding | None = None
 
     @nn.compact
-    def __call__(self, x_BxLxD, positions_BxL, mask_BxLxS, cache_index=None, kv_cache=None):
+    def __call__(self, x_BxLxD, rope, mask_BxLxS, cache_index=None, kv_cache=None):
+        """``rope``: ``layers.rope_tables`` of the tokens' positions."""
         cfg = self.cfg
         norm = lambda name: RMSNorm(cfg.rms_norm_eps, "embed", cfg.weight_dtype, name=name)  # noqa: E731
         attn_out, kv_cache = Attention(cfg, self.sharding, name="attn")(
-            norm("attn_norm")(x_BxLxD), positions_BxL, mask_BxLxS, kv_cache, cache_index
+            norm("attn_norm")(x_BxLxD), rope, mask_BxLxS, kv_cache, cache_index
         )
         x_BxLxD = x_BxLxD + attn_out
         x_BxLxD = x_BxLxD + MLP(cfg, self.sharding, name="mlp")(norm("mlp_norm")(x_BxLxD))
@@ -48,8 +50,8 @@ class Block(nn.Module):
 class _ScanBlock(Block):
     """``Block`` in the ``(carry, *broadcast) -> (carry, None)`` form ``nn.scan`` expects."""
 
-    def __call__(self, x_BxLxD, positions_BxL, mask_BxLxS):
-        return super().__call__(x_BxLxD, positions_BxL, mask_BxLxS)[0], None
+    def __call__(self, x_BxLxD, rope, mask_BxLxS):
+        return super().__call__(x_BxLxD, rope, mask_BxLxS)[0], None
 
 
 class Decoder(nn.Module):
@@ -64,7 +66,8 @@ class Decoder(nn.Module):
     sharding: Sharding | None = None
 
     @nn.compact
-    def __call__(self, tokens_BxL, positions_BxL, mask_BxLxS):
+    def __call__(self, tokens_BxL, rope, mask_BxLxS):
+        """``rope``: ``layers.rope_tables`` of the tokens' positions."""
         cfg = self.cfg
         init = nn.initializers.normal(stddev=0.02)
         embedding_VxD = _param(self, "embedding", init, (cfg.vocab_size, cfg.hidden_size),
@@ -82,7 +85,7 @@ class Decoder(nn.Module):
             unroll=min(cfg.scan_unroll, cfg.num_layers),
             metadata_params={nn.PARTITION_NAME: "layers"},
         )
-        x_BxLxD, _ = layers(cfg, self.sharding, name="layers")(x_BxLxD, positions_BxL, mask_BxLxS)
+        x_BxLxD, _ = layers(cfg, self.sharding, name="layers")(x_BxLxD, rope, mask_BxLxS)
         hidden_BxLxD = RMSNorm(cfg.rms_norm_eps, "embed", cfg.weight_dtype, name="final_norm")(
             x_BxLxD)
         if cfg.tie_embeddings:
@@ -189,11 +192,13 @@ def forward(
     if cache is None:
         model, variables = Decoder(cfg, sharding), {"params": params}
         if positions_BxL is None:
-            positions_BxL = positions_from_mask(mask_BxL)
+            rope = rope_tables(cfg, positions_from_mask(mask_BxL), max_position=length)
+        else:
+            rope = rope_tables(cfg, positions_BxL)
         segments = None if segment_ids_BxL is None else (segment_ids_BxL, segment_ids_BxL)
         query_slots_BxL = jnp.broadcast_to(jnp.arange(length), (batch, length))
         weights_mask = attention_weights_mask(query_slots_BxL, mask_BxL, segments)
-        hidden, lm_head = model.apply(variables, tokens_BxL, positions_BxL, weights_mask)
+        hidden, lm_head = model.apply(variables, tokens_BxL, rope, weights_mask)
         return ForwardOutput(hidden, lm_head, None)
 
     if segment_ids_BxL is not None:
@@ -201,7 +206,10 @@ def forward(
     if cache.batch_size != batch:
         raise ValueError(f"cache holds {cache.batch_size} sequences but tokens have {batch}")
     if positions_BxL is None:
-        positions_BxL = positions_from_mask(mask_BxL, cache.valid_BxS.sum(axis=1))
+        rope = rope_tables(cfg, positions_from_mask(mask_BxL, cache.valid_BxS.sum(axis=1)),
+                           max_position=cache.max_length)
+    else:
+        rope = rope_tables(cfg, positions_BxL)
     valid_BxS = jax.lax.dynamic_update_slice(cache.valid_BxS, mask_BxL, (0, cache.index))
     query_slots_BxL = cache.index + jnp.broadcast_to(jnp.arange(length), (batch, length))
     weights_mask = attention_weights_mask(query_slots_BxL, valid_BxS)
@@ -213,7 +221,7 @@ def forward(
     x_BxLxD = _embed(cfg, params["embedding"], tokens_BxL, sharding)
     keys, values = [], []
     for layer_params, k, v in zip(layers, cache.keys, cache.values):
-        x_BxLxD, (k, v) = block.apply({"params": layer_params}, x_BxLxD, positions_BxL,
+        x_BxLxD, (k, v) = block.apply({"params": layer_params}, x_BxLxD, rope,
                                       weights_mask, cache.index, (k, v))
         keys.append(constrain(k, CACHE_AXES, sharding))
         values.append(constrain(v, CACHE_AXES, sharding))
@@ -235,7 +243,8 @@ def logits(cfg: ModelConfig, params: Params, tokens_BxL, attention_mask_BxL=None
 def _init_boxed(cfg: ModelConfig, rng: jax.Array):
     tokens = jnp.zeros((1, 1), jnp.int32)
     mask = jnp.ones((1, 1, 1), bool)
-    return Decoder(cfg).init(rng, tokens, jnp.zeros((1, 1), jnp.int32), mask)["params"]
+    rope = rope_tables(cfg, jnp.zeros((1, 1), jnp.int32))
+    return Decoder(cfg).init(rng, tokens, rope, mask)["params"]
 
 
 def init(cfg: ModelConfig, rng: jax.Array) -> Params:

@@ -61,14 +61,37 @@ def rope_inverse_frequencies(head_dim: int, theta: float, scaling: RopeScaling |
     return np.where(is_medium, smoothed, scaled).astype(np.float32)
 
 
-def apply_rope(x_BxLxNxE, positions_BxL, inv_freq_Eh):
-    """Rotate the two halves of each head (the Hugging Face "rotate_half" layout)."""
-    angles_BxLxEh = positions_BxL.astype(jnp.float32)[..., None] * inv_freq_Eh
-    cos = jnp.cos(angles_BxLxEh)[:, :, None, :]
-    sin = jnp.sin(angles_BxLxEh)[:, :, None, :]
+def rope_tables(cfg: ModelConfig, positions, max_position: int | None = None):
+    """``(cos, sin)``, each ``[..., 1, E/2]``, of every position in ``positions`` (any shape).
+
+    Computed once per forward and shared by all layers and heads. With ``max_position`` (a static
+    bound: every position is below it) the values are looked up in a table built on the host:
+    computed on device, XLA:CPU fuses cos/sin into every consumer and re-evaluates them for each
+    element of q and k (two transcendentals per element, per layer). Out-of-range positions
+    read NaN, never a wrong angle.
+    """
+    inv_freq_Eh = rope_inverse_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
+    if max_position is None:
+        angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq_Eh)
+        cos, sin = jnp.cos(angles), jnp.sin(angles)
+    else:
+        # The same float32 angles as above; their cos/sin rounded once from float64.
+        angles_PxEh = (np.arange(max_position, dtype=np.float32)[:, None] * inv_freq_Eh
+                       ).astype(np.float64)
+        cos, sin = (jnp.take(jnp.asarray(f(angles_PxEh), jnp.float32), positions, axis=0,
+                             mode="fill", fill_value=jnp.nan) for f in (np.cos, np.sin))
+    return cos[..., None, :], sin[..., None, :]
+
+
+def apply_rope(x_BxLxNxE, rope, scale: float = 1.0):
+    """Rotate the two halves of each head (the Hugging Face "rotate_half" layout), times
+    ``scale``; ``rope`` is ``rope_tables`` of the positions (broadcasting over the heads)."""
+    cos, sin = rope
     x = x_BxLxNxE.astype(jnp.float32)
     x1, x2 = jnp.split(x, 2, axis=-1)
     out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    if scale != 1.0:
+        out = out * scale
     return out.astype(x_BxLxNxE.dtype)
 
 
@@ -109,7 +132,7 @@ class Attention(nn.Module):
     sharding: Sharding | None = None
 
     @nn.compact
-    def __call__(self, x_BxLxD, positions_BxL, mask_BxLxS, kv_cache=None, cache_index=None):
+    def __call__(self, x_BxLxD, rope, mask_BxLxS, kv_cache=None, cache_index=None):
         cfg = self.cfg
         dtype, pdtype = cfg.activation_dtype, cfg.weight_dtype
         init = nn.initializers.normal(stddev=0.02)
@@ -131,10 +154,8 @@ class Attention(nn.Module):
             q_BxLxHxE = RMSNorm(cfg.rms_norm_eps, "head_dim", pdtype, name="q_norm")(q_BxLxHxE)
             k_BxLxKxE = RMSNorm(cfg.rms_norm_eps, "head_dim", pdtype, name="k_norm")(k_BxLxKxE)
 
-        inv_freq = jnp.asarray(rope_inverse_frequencies(cfg.head_dim, cfg.rope_theta,
-                                                        cfg.rope_scaling))
-        q_BxLxHxE = apply_rope(q_BxLxHxE, positions_BxL, inv_freq)
-        k_BxLxKxE = apply_rope(k_BxLxKxE, positions_BxL, inv_freq)
+        q_BxLxHxE = apply_rope(q_BxLxHxE, rope)
+        k_BxLxKxE = apply_rope(k_BxLxKxE, rope)
         q_BxLxHxE = constrain(q_BxLxHxE, ("batch", "length", "act_heads", None), self.sharding)
 
         k_BxKxLxE = k_BxLxKxE.transpose(0, 2, 1, 3)

@@ -7,8 +7,10 @@ not be judged is invalid: it gets advantage 0 and its group's statistics leave i
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -98,18 +100,27 @@ def make_batch(rollout: Rollout, advantages_B, *, columns: int,
                sampler_logprobs: bool = False) -> GRPOBatch:
     """Prompt and completion side by side, ``[P·G, Lp + T]``, keeping ``columns`` completion
     columns (everything after them is padding)."""
-    group = rollout.group_size
-    prompts = jnp.repeat(rollout.prompt_tokens, group, axis=0)
-    prompt_mask = jnp.repeat(rollout.prompt_mask, group, axis=0)
-    completion = rollout.tokens[:, :columns]
-    completion_mask = rollout.mask[:, :columns].astype(jnp.int32)
+    return _make_batch(rollout.prompt_tokens, rollout.prompt_mask, rollout.tokens, rollout.mask,
+                       rollout.logprobs if sampler_logprobs else None,
+                       jnp.asarray(advantages_B, jnp.float32), group=rollout.group_size,
+                       columns=columns)
+
+
+# Jitted as one program: op by op from the host, it was ~0.6 ms of dispatch per step.
+@functools.partial(jax.jit, static_argnames=("group", "columns"))
+def _make_batch(prompt_PxLp, prompt_mask_PxLp, tokens_BxT, mask_BxT, logprobs_BxT, advantages,
+                *, group: int, columns: int) -> GRPOBatch:
+    prompts = jnp.repeat(prompt_PxLp, group, axis=0)
+    prompt_mask = jnp.repeat(prompt_mask_PxLp, group, axis=0)
+    completion = tokens_BxT[:, :columns]
+    completion_mask = mask_BxT[:, :columns].astype(jnp.int32)
     return GRPOBatch(
         tokens_BxL=jnp.concatenate([prompts, completion], axis=1).astype(jnp.int32),
         attention_mask_BxL=jnp.concatenate([prompt_mask.astype(jnp.int32), completion_mask],
                                            axis=1),
         completion_mask_BxT=completion_mask,
-        advantages_B=jnp.asarray(advantages_B, jnp.float32).reshape(-1),
-        sampler_logp_BxT=rollout.logprobs[:, :columns] if sampler_logprobs else None,
+        advantages_B=advantages.reshape(-1),
+        sampler_logp_BxT=None if logprobs_BxT is None else logprobs_BxT[:, :columns],
     )
 
 

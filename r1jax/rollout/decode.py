@@ -5,7 +5,8 @@ parity test holds the two together), arranged for the CPU, where every op of the
 separate kernel call and, at rollout batch sizes, the calls cost more than the FLOPs:
 
 * q/k/v are one matmul and gate/up another (their weights concatenated once per ``generate``);
-* RoPE's cos/sin are computed once per step for all layers, the attention scale folded into them;
+* RoPE's cos/sin are computed once per call for every step (a table the loop slices), and the
+  attention scale is folded into the rotation of q;
 * the attention mask comes from the prompt mask and the step number, built once per step;
 * keys are cached transposed, ``[B, K, E, S]``, so that the scores are a plain matmul (with the
   ``[B, K, S, E]`` layout the CPU matmul transposes the whole key cache at every step); values stay
@@ -24,7 +25,7 @@ import jax.numpy as jnp
 
 from r1jax import models
 from r1jax.models import ModelConfig
-from r1jax.models.layers import MASK_VALUE, rope_inverse_frequencies
+from r1jax.models.layers import MASK_VALUE, apply_rope
 from r1jax.sharding import Sharding, constrain
 
 
@@ -104,35 +105,19 @@ def _rms_norm(x, scale, eps):
     return (y * scale.astype(jnp.float32)).astype(x.dtype)
 
 
-def rope_tables(cfg: ModelConfig, positions_B):
-    """``cos, sin`` ``[B, 1, E/2]`` of each row's position (shared by every layer)."""
-    inv_freq = jnp.asarray(rope_inverse_frequencies(cfg.head_dim, cfg.rope_theta,
-                                                    cfg.rope_scaling))
-    angles_BxEh = positions_B.astype(jnp.float32)[:, None] * inv_freq
-    return jnp.cos(angles_BxEh)[:, None, :], jnp.sin(angles_BxEh)[:, None, :]
-
-
-def _rotate(x_BxNxE, cos, sin, scale=1.0):
-    """RoPE in the "rotate_half" layout (as ``models.layers.apply_rope``), times ``scale``."""
-    x = x_BxNxE.astype(jnp.float32)
-    x1, x2 = jnp.split(x, 2, axis=-1)
-    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-    return (out * scale).astype(x_BxNxE.dtype) if scale != 1.0 else out.astype(x_BxNxE.dtype)
-
-
 def decode_step(cfg: ModelConfig, w: DecodeWeights, token_B, rope, slot, valid_BxS, keys, values,
                 sharding: Sharding | None = None):
     """Logits ``[B, V]`` (float32) for one new token per row, written to cache slot ``slot``.
 
-    ``rope`` is ``rope_tables`` of the new tokens' positions; ``valid_BxS`` marks the cache slots
-    each row may attend to (its prompt, and every generated slot up to and including ``slot``);
+    ``rope`` is ``models.layers.rope_tables`` of the new tokens' positions; ``valid_BxS`` marks
+    the cache slots each row may attend to (its prompt, and every generated slot up to and
+    including ``slot``);
     ``keys`` are per-layer ``[B, K, E, S]`` and ``values`` ``[B, K, S, E]`` (see ``to_decode_cache``).
     Returns ``(logits, keys, values)``.
     """
     batch = token_B.shape[0]
     heads, kv, head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     dtype = cfg.activation_dtype
-    cos, sin = rope
     x_BxD = jnp.take(w.embedding_VxD, token_B, axis=0).astype(dtype)
     x_BxD = constrain(x_BxD, ("batch", "act_embed"), sharding)
     mask_Bx1x1xS = valid_BxS[:, None, None, :]
@@ -147,8 +132,8 @@ def decode_step(cfg: ModelConfig, w: DecodeWeights, token_B, rope, slot, valid_B
         if cfg.qk_norm:
             q_BxHxE = _rms_norm(q_BxHxE, lw.q_norm_E, cfg.rms_norm_eps)
             k_BxKxE = _rms_norm(k_BxKxE, lw.k_norm_E, cfg.rms_norm_eps)
-        q_BxHxE = _rotate(q_BxHxE, cos, sin, head_dim ** -0.5)
-        k_BxKxE = _rotate(k_BxKxE, cos, sin)
+        q_BxHxE = apply_rope(q_BxHxE, rope, head_dim ** -0.5)
+        k_BxKxE = apply_rope(k_BxKxE, rope)
         k_cache = jax.lax.dynamic_update_slice(
             k_cache, k_BxKxE[:, :, :, None].astype(k_cache.dtype), (0, 0, 0, slot))
         v_cache = jax.lax.dynamic_update_slice(

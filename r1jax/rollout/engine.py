@@ -25,6 +25,7 @@ import numpy as np
 
 from r1jax import models
 from r1jax.models import ModelConfig
+from r1jax.models.layers import rope_tables
 from r1jax.rollout import decode
 from r1jax.rollout.sampling import SamplingParams, sample_with_uniform
 from r1jax.rollout.stops import StopCriteria, stop_string_cut
@@ -157,6 +158,10 @@ def _compiled(cfg: ModelConfig, sampling: SamplingParams, stops: StopCriteria, g
             prompt_valid_BxLp = cache.valid_BxS
             positions_B = jnp.sum(prompt_valid_BxLp, axis=1, dtype=jnp.int32)
             keys, values = decode.to_decode_cache(cache, sharding)
+            # Every step's cos/sin in one table before the loop (see ``rope_tables``).
+            step_T = jnp.arange(max_new_tokens, dtype=jnp.int32)
+            rope_all = rope_tables(cfg, positions_B[None, :] + step_T[:, None] - 1,
+                                   max_position=prompt_len + max_new_tokens)
             # The loop runs in segments, each over a cache just long enough for its last step,
             # so that attention does not read the still-empty slots of the full-length cache.
             for end in decode_segments(max_new_tokens):
@@ -170,7 +175,8 @@ def _compiled(cfg: ModelConfig, sampling: SamplingParams, stops: StopCriteria, g
                 def logits_of(s, prompt_valid_BxS=prompt_valid_BxS, slot_S=slot_S):
                     slot = prompt_len + s["step"] - 1
                     valid_BxS = prompt_valid_BxS | ((slot_S >= prompt_len) & (slot_S <= slot))
-                    rope = decode.rope_tables(cfg, positions_B + s["step"] - 1)
+                    rope = tuple(jax.lax.dynamic_index_in_dim(t, s["step"], 0, False)
+                                 for t in rope_all)
                     logits_BxV, keys, values = decode.decode_step(
                         cfg, weights, s["token_B"], rope, slot, valid_BxS, s["keys"], s["values"],
                         sharding)

@@ -8,6 +8,7 @@ Greedy decoding (``temperature == 0``) reports ``log softmax(z)[argmax]``.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -81,7 +82,11 @@ def filter_logits(logits_BxV: jax.Array, params: SamplingParams) -> jax.Array:
     return jnp.where(nucleus_mask(weights_BxV, params), scaled_BxV, -jnp.inf)
 
 
-_CDF_BLOCK = 128
+def cdf_block(vocab: int) -> int:
+    """Tokens per block of the two-level cumulative sum: the power of two at or above sqrt(V)
+    (32 for V = 512, 512 for Qwen's 151,936), so both levels are short scans — XLA:CPU computes
+    a cumulative sum as a windowed reduction whose cost grows with the scan's length."""
+    return max(8, 1 << math.ceil(math.log2(math.sqrt(vocab))))
 
 
 def inverse_cdf_sample(u_B: jax.Array, weights_BxV: jax.Array) -> jax.Array:
@@ -92,9 +97,10 @@ def inverse_cdf_sample(u_B: jax.Array, weights_BxV: jax.Array) -> jax.Array:
     token's probability by ~1e-7 of its block's mass rather than of the total.
     """
     batch, vocab = weights_BxV.shape
-    blocks = -(-vocab // _CDF_BLOCK)
-    w_BxNxC = jnp.pad(weights_BxV, ((0, 0), (0, blocks * _CDF_BLOCK - vocab))).reshape(
-        batch, blocks, _CDF_BLOCK)
+    block = cdf_block(vocab)
+    blocks = -(-vocab // block)
+    w_BxNxC = jnp.pad(weights_BxV, ((0, 0), (0, blocks * block - vocab))).reshape(
+        batch, blocks, block)
     mass_BxN = w_BxNxC.sum(axis=-1)
     cdf_BxN = jnp.cumsum(mass_BxN, axis=-1)
     target_B = u_B * cdf_BxN[:, -1]
@@ -102,7 +108,7 @@ def inverse_cdf_sample(u_B: jax.Array, weights_BxV: jax.Array) -> jax.Array:
     row_BxC = jnp.take_along_axis(w_BxNxC, block_B[:, None, None], axis=1)[:, 0]
     before_B = jnp.take_along_axis(cdf_BxN - mass_BxN, block_B[:, None], axis=1)[:, 0]
     inner_B = _first_above(jnp.cumsum(row_BxC, axis=-1), target_B - before_B, row_BxC > 0)
-    return (block_B * _CDF_BLOCK + inner_B).astype(jnp.int32)
+    return (block_B * block + inner_B).astype(jnp.int32)
 
 
 def _first_above(cdf_BxC, target_B, positive_BxC):
