@@ -9,7 +9,7 @@ project's own tiny base model (experiments/assets/tiny_base, produced by
 experiments/pretrain_tiny.py and pretrained again automatically if missing), trains it with GRPO
 on synthetic arithmetic chains using accuracy + format rewards and the verbatim R1-Zero template,
 and prints held-out pass@1 before and after RL. Measured (README, 2 cores): held-out pass@1
-1.5% → 72.0%, 2.2% → 77.0% and 1.8% → 74.2% for seeds 0, 1 and 2, in 4 min 17 s – 4 min 42 s;
+1.5% → 75.8%, 2.2% → 77.0% and 1.8% → 74.2% for seeds 0, 1 and 2, in 4 min 17 s – 4 min 42 s;
 format rate 90% → 100%; the held-out response growing from 28 to 36 tokens as the chain inside
 <think> lengthens from one step to the full chain. Output in runs/r1_zero/: metrics.jsonl,
 eval.jsonl, curves.png (accuracy, reward and response length over steps), summary.md, export/.
