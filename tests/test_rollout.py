@@ -141,17 +141,25 @@ def test_inverse_cdf_matches_float64_search_across_blocks(vocab):
         assert np.all(weights[row, picks[row]] > 0)
 
 
-def test_sharded_rollout_equals_single_device(params):
-    prompts = PROMPTS * 2  # 8 prompts x G=2 = 16 rows over data x fsdp = 4
-    kwargs = dict(rng=jax.random.key(7), max_new_tokens=8, group_size=2, temperature=1.0)
+@pytest.mark.parametrize("temperature", [1.0, 0.0])
+def test_sharded_rollout_equals_single_device(params, temperature):
+    # 8 prompts x G=2 = 16 rows over data x fsdp = 4 shards; on CPU each shard decodes in its own
+    # loop and stops on its own (stop ids make rows end at different steps).
+    prompts = PROMPTS * 2
+    kwargs = dict(rng=jax.random.key(7), max_new_tokens=8, group_size=2, temperature=temperature,
+                  stop_ids=(3, 5, 7, 11))
     single = rollout.generate(params, CFG, prompts, **kwargs)
     sharding = Sharding(make_mesh({"data": 2, "fsdp": 2, "tensor": 2}))
     params_s = jax.device_put(params, models.param_shardings(CFG, sharding))
     sharded = rollout.generate(params_s, CFG, prompts, sharding=sharding, **kwargs)
     assert len(sharded.tokens.sharding.device_set) == 8
     np.testing.assert_array_equal(np.asarray(sharded.tokens), np.asarray(single.tokens))
+    np.testing.assert_array_equal(np.asarray(sharded.lengths), np.asarray(single.lengths))
     np.testing.assert_allclose(np.asarray(sharded.logprobs), np.asarray(single.logprobs),
                                atol=1e-5)
+    assert int(sharded.decode_steps) == int(single.decode_steps)
+    if temperature:
+        assert len(set(np.asarray(single.lengths).tolist())) > 1  # the stops did fire
 
 
 def test_stop_ids_end_rows_early_and_mask_the_rest(params):

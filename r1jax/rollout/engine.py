@@ -6,7 +6,10 @@ last token, sample the next) that ends as soon as every row has stopped or the t
 spent, so the last sampled token is never fed back; tokens after a row's stop are padding and
 masked. Every step's uniforms are drawn once before the loop. Prompt lengths are bucketed so that a
 training run compiles a handful of programs, not one per batch. With a ``Sharding``, sequences are
-split over the mesh's batch axes and the parameters are used where the trainer placed them.
+split over the mesh's batch axes and the parameters are used where the trainer placed them; on CPU
+each shard of prompts decodes in a loop of its own (``shard_map``) that stops when its rows have,
+so the shards never synchronize per step and CPU devices decode in parallel (the Tunix rollout
+work over two CPU devices: 7.8 ms instead of 10.3 ms on one).
 
 On CPU the loop runs ``r1jax.rollout.decode.decode_step`` (weights re-laid out once per call) in
 a few segments whose caches grow to just the slots each segment needs (``decode_segments``);
@@ -85,7 +88,8 @@ def _compiled(cfg: ModelConfig, sampling: SamplingParams, stops: StopCriteria, g
     otherwise with ``models.forward`` on the parameters as they are (accelerators).
     """
 
-    def run(params, prompt_PxLp, prompt_mask_PxLp, rng):
+    def run(params, prompt_PxLp, prompt_mask_PxLp, u_TxB, sharding):
+        """The rollout of these prompts, given every step's uniforms (None if greedy)."""
         num_prompts, prompt_len = prompt_PxLp.shape
         batch = num_prompts * group_size
         # The last sampled token is never fed back, so T - 1 slots follow the prompt (the CPU
@@ -104,10 +108,6 @@ def _compiled(cfg: ModelConfig, sampling: SamplingParams, stops: StopCriteria, g
         # One prefill per prompt; its cache is repeated for the prompt's G samples.
         cache = out.cache.map_layers(lambda x: constrain(repeat(x), models.CACHE_AXES, sharding))
         cache = cache.replace(valid_BxS=repeat(cache.valid_BxS))
-        u_TxB = None
-        if not sampling.greedy:  # every step's uniforms in one draw (see sample_with_uniform)
-            u_TxB = constrain(jax.random.uniform(rng, (max_new_tokens, batch), jnp.float32),
-                              (None, "batch"), sharding)
         logits_BxV = constrain(repeat(logits_PxV), ("batch", "act_vocab"), sharding)
 
         def draw(step, logits_BxV):
@@ -199,7 +199,42 @@ def _compiled(cfg: ModelConfig, sampling: SamplingParams, stops: StopCriteria, g
         return (s["tokens_BxT"], s["lengths_B"], mask_BxT, s["logprobs_BxT"], s["done_B"],
                 s["step"])
 
-    return jax.jit(run)
+    def uniforms(rng, batch):
+        """Every step's uniforms in one draw (see ``sample_with_uniform``); None if greedy."""
+        if sampling.greedy:
+            return None
+        return jax.random.uniform(rng, (max_new_tokens, batch), jnp.float32)
+
+    def run_global(params, prompt_PxLp, prompt_mask_PxLp, rng):
+        u_TxB = uniforms(rng, prompt_PxLp.shape[0] * group_size)
+        if u_TxB is not None:
+            u_TxB = constrain(u_TxB, (None, "batch"), sharding)
+        return run(params, prompt_PxLp, prompt_mask_PxLp, u_TxB, sharding)
+
+    def run_per_shard(params, prompt_PxLp, prompt_mask_PxLp, rng):
+        """The CPU decode on a mesh: each shard of prompts runs its own loop (``shard_map``) and
+        stops when its own rows have, so the loop has no cross-device step; the shards run in
+        parallel (on CPU devices, one core each)."""
+        rows = sharding.spec(("batch",), (prompt_PxLp.shape[0],))
+        if not rows or rows[0] is None:
+            return run_global(params, prompt_PxLp, prompt_mask_PxLp, rng)
+        batch = prompt_PxLp.shape[0] * group_size
+        u_TxB = uniforms(rng, batch)
+        greedy = u_TxB is None
+        if greedy:  # shard_map takes arrays only; greedy never reads it
+            u_TxB = jnp.zeros((max_new_tokens, batch), jnp.float32)
+
+        def local(params, prompt, mask, u):
+            out = run(params, prompt, mask, None if greedy else u, None)
+            return out[:-1] + (out[-1][None],)
+
+        spec = jax.sharding.PartitionSpec
+        out = jax.shard_map(
+            local, mesh=sharding.mesh, in_specs=(spec(), rows, rows, spec(None, *rows)),
+            out_specs=(rows,) * 6, check_vma=False)(params, prompt_PxLp, prompt_mask_PxLp, u_TxB)
+        return out[:-1] + (jnp.max(out[-1]),)
+
+    return jax.jit(run_per_shard if unstack and sharding is not None else run_global)
 
 
 def _pad_prompts(prompts, prompt_mask, pad_id, buckets):
