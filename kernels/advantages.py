@@ -185,11 +185,12 @@ def grouped_advantages(rewards_PxG, valid_PxG=None, *, mode="grpo", eps=1e-4, dd
     if not (eps >= 0 and ddof >= 0):
         raise ValueError(f"grouped_advantages: need eps >= 0 and ddof >= 0, got {eps}, {ddof}.")
     impl = _resolve_impl(impl)
+    blocks = block_sizes or AdvantageBlockSizes()
     if impl != "reference":
-        (block_sizes or AdvantageBlockSizes()).validate(impl)
+        blocks.validate(impl)
     return _grouped_advantages(rewards_PxG, valid_PxG, mode=mode, eps=float(eps), ddof=int(ddof),
-                               batch_normalize=bool(batch_normalize), impl=impl,
-                               blocks=block_sizes or AdvantageBlockSizes(), interpret=interpret)
+                               batch_normalize=bool(batch_normalize), impl=impl, blocks=blocks,
+                               interpret=interpret)
 
 
 # One compiled program per setting: run op by op (as from the host between rollout and update),

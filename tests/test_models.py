@@ -173,3 +173,18 @@ def test_widening_matmul_value_and_gradients_match_float64():
     np.testing.assert_allclose(np.asarray(dw), x64.reshape(-1, 8).T @ dy64.reshape(-1, 24),
                                rtol=1e-5, atol=1e-5)
     assert dw.shape == w.shape and dx.shape == x.shape
+
+
+def test_rope_table_lookup_matches_the_formula_and_rejects_out_of_range_positions():
+    from r1jax.models.layers import rope_tables
+
+    cfg = SMALL
+    positions = jnp.asarray([[0, 1, 7, 4095], [3, 2, 1, 0]], jnp.int32)
+    computed = rope_tables(cfg, positions)
+    looked_up = rope_tables(cfg, positions, max_position=4096)
+    for a, b in zip(computed, looked_up):
+        assert a.shape == b.shape == (2, 4, 1, cfg.head_dim // 2)
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=2e-6)
+    cos, sin = rope_tables(cfg, jnp.asarray([4095, 4096]), max_position=4096)
+    assert np.isfinite(np.asarray(cos[0])).all() and np.isnan(np.asarray(cos[1])).all()
+    assert np.isnan(np.asarray(sin[1])).all()

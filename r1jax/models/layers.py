@@ -64,14 +64,15 @@ def rope_inverse_frequencies(head_dim: int, theta: float, scaling: RopeScaling |
 def rope_tables(cfg: ModelConfig, positions, max_position: int | None = None):
     """``(cos, sin)``, each ``[..., 1, E/2]``, of every position in ``positions`` (any shape).
 
-    Computed once per forward and shared by all layers and heads. With ``max_position`` (a static
-    bound: every position is below it) the values are looked up in a table built on the host:
-    computed on device, XLA:CPU fuses cos/sin into every consumer and re-evaluates them for each
-    element of q and k (two transcendentals per element, per layer). Out-of-range positions
-    read NaN, never a wrong angle.
+    Computed once per forward and shared by all layers and heads. On CPU, given ``max_position``
+    (a static bound: every position is below it), the values are looked up in a table built on
+    the host: computed on device, XLA:CPU fuses cos/sin into every consumer and re-evaluates them
+    for each element of q and k (two transcendentals per element, per layer). Out-of-range
+    positions read NaN, never a wrong angle. Accelerators compute them on device (a table would
+    be a constant of ``max_position`` rows in every compiled program).
     """
     inv_freq_Eh = rope_inverse_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
-    if max_position is None:
+    if max_position is None or jax.default_backend() != "cpu":
         angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq_Eh)
         cos, sin = jnp.cos(angles), jnp.sin(angles)
     else:

@@ -48,8 +48,6 @@ class GRPOBatch:
         return jax.tree.map(lambda x: x[start:stop], self)
 
 
-
-
 def grpo_step(state: TrainState, batch: GRPOBatch, ref_params: Any, *, cfg: GRPOConfig,
               model_cfg: models.ModelConfig, optimizer: optax.GradientTransformation,
               sharding: Sharding | None = None) -> tuple[TrainState, dict]:
@@ -94,7 +92,6 @@ def grpo_step(state: TrainState, batch: GRPOBatch, ref_params: Any, *, cfg: GRPO
         **update_metrics,
     )
     return new_state, metrics
-
 
 
 def make_grpo_step(cfg: GRPOConfig, model_cfg: models.ModelConfig,

@@ -216,7 +216,7 @@ def _compiled(cfg: ModelConfig, sampling: SamplingParams, stops: StopCriteria, g
         stops when its own rows have, so the loop has no cross-device step; the shards run in
         parallel (on CPU devices, one core each)."""
         rows = sharding.spec(("batch",), (prompt_PxLp.shape[0],))
-        if not rows or rows[0] is None:
+        if not rows:  # the prompts do not divide over the batch axes
             return run_global(params, prompt_PxLp, prompt_mask_PxLp, rng)
         batch = prompt_PxLp.shape[0] * group_size
         u_TxB = uniforms(rng, batch)

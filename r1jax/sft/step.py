@@ -27,7 +27,6 @@ from r1jax.sft.packing import PackedRows
 from r1jax.sharding import Sharding, constrain
 
 
-
 @flax.struct.dataclass
 class SFTBatch:
     """Packed rows on device: inputs, their next-token targets and loss weights, and the segment
@@ -109,7 +108,6 @@ def sft_step(state: TrainState, batch: SFTBatch, *, cfg: SFTConfig,
         learning_rate=learning_rate_schedule(cfg.optim)(state.step),
     )
     return new_state, metrics
-
 
 
 def make_sft_step(cfg: SFTConfig, model_cfg: models.ModelConfig,
