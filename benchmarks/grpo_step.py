@@ -128,7 +128,7 @@ def side_grpo(work: str, steps: int, warmup: int, ref_mode: str, scan_unroll: in
     import numpy as np
 
     from r1jax import rl, rollout
-    from r1jax.rl import batching
+    from r1jax.rl import batch as batching
 
     cfg, params, prompts_of, rewards_of, grpo, gen, w = _work(work)
     # Unrolled layers: on CPU a scanned layer stack slices (copies) its weights at every layer.

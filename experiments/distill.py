@@ -33,8 +33,7 @@ import os
 
 import ml_collections
 
-from r1jax.configdict import parse_variant
-from r1jax.pipeline import load_experiment
+from r1jax.configdict import load_experiment, parse_variant
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STUDENT = os.path.join(ROOT, "experiments", "assets", "tiny_student")

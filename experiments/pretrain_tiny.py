@@ -16,7 +16,8 @@ but under the R1-Zero template at T=1 a minority of well-formed ``<think>…</th
 contains the template, a think/answer tag or a User:/Assistant: turn, nor any held-out problem.
 
 Output: ``experiments/assets/tiny_base/`` (``config.json``, ``model.safetensors``,
-``tokenizer.model``, ``SHA256SUMS``); logs, ``pretrain_summary.json`` in the work directory.
+``tokenizer.model``, ``SHA256SUMS``); logs, checkpoints and ``summary.json`` (the probe) in the work
+directory.
 
 Variants (``key=value`` pairs, comma-separated, after a colon):
   ``experiments/pretrain_tiny.py:smoke`` — a miniature run (tiny corpus, model and step count)

@@ -14,8 +14,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")  # the TPU is described, not used
 # must not fail because another process, e.g. a test run or a second check, already does).
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
+from r1jax.configdict import from_config  # noqa: E402
 from r1jax.rl import aot  # noqa: E402
-from r1jax.rl.run_config import GRPORunConfig  # noqa: E402
+from r1jax.rl.run_config import RunConfig  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment file[:variant]",
                                           lock_config=True)
@@ -27,7 +28,7 @@ flags.mark_flags_as_required(["config"])
 
 def main(argv):
     del argv
-    report = aot.compile_for_topology(GRPORunConfig.from_config(_CONFIG.value), _TOPOLOGY.value,
+    report = aot.compile_for_topology(from_config(RunConfig, _CONFIG.value), _TOPOLOGY.value,
                                       rollout=_ROLLOUT.value)
     print(report.table())
     if _JSON.value:

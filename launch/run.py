@@ -3,10 +3,14 @@
 Overrides: ``--config.grpo.loss.beta=0.0``; work directory: ``--workdir=DIR`` (default
 ``runs/<experiment>``; rerunning the same command resumes there).
 """
-from absl import app, flags, logging
-from ml_collections import config_flags
+from r1jax import platform
 
-from r1jax import pipeline
+platform.configure()  # before jax loads; without a TPU, skips libtpu's probe and its error text
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from r1jax import pipeline  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment file[:variant]",
                                           lock_config=True)

@@ -12,10 +12,14 @@ import shlex
 import subprocess
 import sys
 
-from absl import app, flags
+from r1jax import platform
 
-from r1jax import pipeline
-from r1jax.metrics import markdown_table
+platform.configure()  # before jax loads; without a TPU, skips libtpu's probe and its error text
+
+from absl import app, flags  # noqa: E402
+
+from r1jax import pipeline  # noqa: E402
+from r1jax.metrics import markdown_table  # noqa: E402
 
 _CONFIG = flags.DEFINE_string("config", None, "experiment file[:variant]")
 _SWEEP = flags.DEFINE_string("sweep", None, "sweep file[:arg] with get_sweep(arg)")

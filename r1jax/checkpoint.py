@@ -4,14 +4,13 @@ A checkpoint holds the train state (step, params, optimizer state, skip counters
 the run needs back (the reference parameters when they differ from the policy), and JSON metadata
 (the data sampler's position, the best held-out score, the config). Orbax writes each step to a
 temporary directory and renames it when complete, so a run killed mid-save keeps its previous
-checkpoint. ``run_guard`` checks that a work directory belongs to the same experiment.
+checkpoint. ``run_guard`` checks that a work directory belongs to the same experiment. When to
+save, and SIGTERM, are the run skeleton's (``r1jax.training_run``).
 """
 from __future__ import annotations
 
 import json
 import os
-import signal
-import threading
 from typing import Any
 
 import jax
@@ -92,20 +91,3 @@ def run_guard(workdir: str, config: Any) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(current, f, indent=2, sort_keys=True)
         os.replace(tmp, path)
-
-
-class Preemption:
-    """Turns SIGTERM into a flag the training loop checks after each step (then saves and exits)."""
-
-    def __init__(self):
-        self.requested = threading.Event()
-        self._previous = None
-
-    def __enter__(self) -> "Preemption":
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, lambda *_: self.requested.set())
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)

@@ -3,11 +3,15 @@
 ``from_config(cls, config)`` walks the dataclass's fields: nested dataclasses recurse, tuples are
 built from lists, every key must be a field (a typo is named with its full path and the known
 fields), and each dataclass's own ``__post_init__`` checks values. This is the only place a
-ConfigDict enters the library.
+ConfigDict enters the library. ``load_experiment(spec)`` reads one from an experiment file; it is
+here, beside ``parse_variant``, so that experiment files (which may import only this module from
+r1jax) can build on one another.
 """
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import os
 import types
 import typing
 from typing import Any, Mapping
@@ -134,3 +138,15 @@ def parse_variant(arg: str | None, types: Mapping[str, Any], experiment: str,
         except ValueError:
             raise ValueError(f"{experiment}: {key}={value!r} is not a valid value") from None
     return values
+
+
+def load_experiment(spec: str):
+    """``get_config(arg)`` of ``path/to/experiment.py[:arg]`` (the ``--config`` syntax)."""
+    path, _, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"experiment file {path!r} does not exist")
+    module_spec = importlib.util.spec_from_file_location(
+        "r1jax_experiment_" + os.path.basename(path)[:-3], path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg or None)

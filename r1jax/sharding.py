@@ -153,8 +153,3 @@ def constrain(x: jax.Array, logical_axes: Iterable[str | None], sharding: Shardi
 def logical_axes_of(boxed_tree: Any) -> Any:
     """Logical ``PartitionSpec``s of a tree built with ``nn.with_logical_partitioning``."""
     return nn.get_partition_spec(boxed_tree)
-
-
-def shard_like(tree: Any, logical_tree: Any, sharding: Sharding) -> Any:
-    """Place the arrays of ``tree`` on the mesh according to their logical axes."""
-    return jax.device_put(tree, sharding.tree(logical_tree, tree))

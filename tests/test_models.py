@@ -1,10 +1,13 @@
-"""The decoder: presets checked by shape and count, KV-cache decoding, remat, packing, config errors."""
+"""The decoder: presets checked by shape and count, KV-cache decoding (and the one-token CPU decode
+step), remat, packing, config errors."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from r1jax import models
+from r1jax.models import decode
+from r1jax.models.layers import grouped_query_attention, rope_tables
 
 # Published parameter counts (Hugging Face model cards / safetensors index totals).
 PUBLISHED_PARAMS = {
@@ -176,8 +179,6 @@ def test_widening_matmul_value_and_gradients_match_float64():
 
 
 def test_rope_table_lookup_matches_the_formula_and_rejects_out_of_range_positions():
-    from r1jax.models.layers import rope_tables
-
     cfg = SMALL
     positions = jnp.asarray([[0, 1, 7, 4095], [3, 2, 1, 0]], jnp.int32)
     computed = rope_tables(cfg, positions)
@@ -188,3 +189,48 @@ def test_rope_table_lookup_matches_the_formula_and_rejects_out_of_range_position
     cos, sin = rope_tables(cfg, jnp.asarray([4095, 4096]), max_position=4096)
     assert np.isfinite(np.asarray(cos[0])).all() and np.isnan(np.asarray(cos[1])).all()
     assert np.isnan(np.asarray(sin[1])).all()
+
+
+@pytest.mark.parametrize("cfg", [
+    SMALL,
+    SMALL.replace(model_type="qwen3", qkv_bias=False, qk_norm=True, tie_embeddings=True),
+    SMALL.replace(model_type="llama", qkv_bias=False, rope_theta=500_000.0,
+                  rope_scaling=models.RopeScaling(8.0, 1.0, 4.0, 64)),
+], ids=["qwen2", "qwen3", "llama3"])
+def test_lean_decode_step_equals_models_forward(cfg):
+    """The CPU decode step (fused weights, transposed key cache) computes models.forward."""
+    params = models.init(cfg, jax.random.key(1))
+    prompt = jnp.asarray([[0, 0, 5, 17, 33], [7, 3, 12, 5, 8]])
+    mask = jnp.asarray([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    new = jnp.asarray([[4, 9, 2], [11, 1, 30]])
+    slots = prompt.shape[1] + new.shape[1]
+    out = models.forward(cfg, params, prompt, attention_mask_BxL=mask,
+                         cache=models.init_cache(cfg, 2, slots))
+    cache, (keys, values) = out.cache, decode.to_decode_cache(out.cache)
+    weights = decode.prepare_weights(cfg, params)
+    for t in range(new.shape[1]):
+        ref = models.forward(cfg, params, new[:, t:t + 1], cache=cache)
+        cache = ref.cache
+        expected = np.asarray(ref.hidden_BxLxD[:, 0] @ ref.lm_head_DxV)
+        slot = prompt.shape[1] + t
+        valid = jnp.pad(mask.astype(bool), ((0, 0), (0, new.shape[1])))
+        valid = valid | ((jnp.arange(slots) >= prompt.shape[1]) & (jnp.arange(slots) <= slot))
+        rope = rope_tables(cfg, mask.sum(1) + t)
+        logits, keys, values = decode.decode_step(cfg, weights, new[:, t], rope, slot, valid,
+                                                  keys, values)
+        np.testing.assert_allclose(np.asarray(logits), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_grouped_query_attention_layouts_agree():
+    """One token per row with transposed keys and the scale folded into q (the decode step's
+    form) attends like the training form."""
+    rng = np.random.default_rng(2)
+    q_BxKxGxLxE, k_BxKxSxE, v_BxKxSxE = (jnp.asarray(rng.standard_normal(s), jnp.float32)
+                                         for s in ((2, 2, 3, 1, 8), (2, 2, 6, 8), (2, 2, 6, 8)))
+    mask_BxLxS = jnp.asarray(rng.random((2, 1, 6)) < 0.7).at[:, :, 0].set(True)
+    full = grouped_query_attention(q_BxKxGxLxE, k_BxKxSxE, v_BxKxSxE, mask_BxLxS, scale=8 ** -0.5)
+    one = grouped_query_attention(q_BxKxGxLxE[:, :, :, 0] * 8 ** -0.5,
+                                  k_BxKxSxE.transpose(0, 1, 3, 2), v_BxKxSxE, mask_BxLxS[:, 0],
+                                  keys_transposed=True)
+    assert full.shape == (2, 2, 3, 1, 8) and one.shape == (2, 2, 3, 8)
+    np.testing.assert_allclose(np.asarray(one), np.asarray(full)[:, :, :, 0], atol=1e-6)

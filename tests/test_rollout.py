@@ -5,9 +5,7 @@ import numpy as np
 import pytest
 
 from r1jax import models, rollout
-from r1jax.models.layers import rope_tables
-from r1jax.rollout import decode
-from r1jax.rollout.engine import _compiled
+from r1jax.rollout.engine import compiled_rollout
 from r1jax.rollout.sampling import SamplingParams, inverse_cdf_sample, nucleus_mask, sample
 from r1jax.rollout.stops import stop_string_cut
 from r1jax.sharding import Sharding, make_mesh
@@ -62,7 +60,7 @@ def test_sampled_logprobs_equal_a_full_forward(params, temperature, top_p, top_k
         logits = _full_logits(params, prompt, tokens[row])[len(prompt) - 1:-1] / temperature
         expected = jax.nn.log_softmax(jnp.asarray(logits), axis=-1)
         expected = np.take_along_axis(np.asarray(expected), tokens[row][:, None], -1)[:, 0]
-        np.testing.assert_allclose(logprobs[row], expected, atol=1e-5)
+        np.testing.assert_allclose(logprobs[row], expected, atol=1e-5, rtol=1e-5)
     # The G samples of one prompt differ (each row draws its own tokens).
     assert len({tuple(t) for t in tokens[:3]}) > 1
 
@@ -156,7 +154,7 @@ def test_sharded_rollout_equals_single_device(params, temperature):
     np.testing.assert_array_equal(np.asarray(sharded.tokens), np.asarray(single.tokens))
     np.testing.assert_array_equal(np.asarray(sharded.lengths), np.asarray(single.lengths))
     np.testing.assert_allclose(np.asarray(sharded.logprobs), np.asarray(single.logprobs),
-                               atol=1e-5)
+                               atol=1e-5, rtol=1e-5)
     assert int(sharded.decode_steps) == int(single.decode_steps)
     if temperature:
         assert len(set(np.asarray(single.lengths).tolist())) > 1  # the stops did fire
@@ -213,12 +211,12 @@ def test_stop_strings_cut_on_the_host(params):
 
 
 def test_prompt_lengths_share_one_compiled_bucket(params):
-    _compiled.cache_clear()
+    compiled_rollout.cache_clear()
     for prompt in ([1, 2, 3, 4, 5], list(range(1, 10)), [7] * 16):  # all in bucket 16
         rollout.generate(params, CFG, [prompt], rng=jax.random.key(0), max_new_tokens=4)
-    assert _compiled.cache_info().currsize == 1
-    (fn,) = [f for f in [_compiled(CFG, SamplingParams(), rollout.StopCriteria(), 1, 4, 0, None,
-                                   True)]]
+    assert compiled_rollout.cache_info().currsize == 1
+    (fn,) = [f for f in [compiled_rollout(CFG, SamplingParams(), rollout.StopCriteria(), 1, 4, 0,
+                                          None, True)]]
     assert fn._cache_size() == 1
 
 
@@ -241,42 +239,12 @@ def test_new_key_new_samples_same_key_same_samples(params):
     (dict(stop_strings=["</answer>"]), "need the tokenizer"),
 ])
 def test_bad_input_fails_before_compiling(params, kwargs, match):
-    _compiled.cache_clear()
+    compiled_rollout.cache_clear()
     prompts = kwargs.pop("prompts", PROMPTS)
     args = dict(rng=jax.random.key(0), max_new_tokens=4) | kwargs
     with pytest.raises(ValueError, match=match):
         rollout.generate(params, CFG, prompts, **args)
-    assert _compiled.cache_info().currsize == 0
-
-
-@pytest.mark.parametrize("cfg", [
-    CFG,
-    CFG.replace(model_type="qwen3", qkv_bias=False, qk_norm=True, tie_embeddings=True),
-    CFG.replace(model_type="llama", qkv_bias=False, rope_theta=500_000.0,
-                rope_scaling=models.RopeScaling(8.0, 1.0, 4.0, 64)),
-], ids=["qwen2", "qwen3", "llama3"])
-def test_lean_decode_step_equals_models_forward(cfg):
-    """The CPU decode step (fused weights, transposed key cache) computes models.forward."""
-    params = models.init(cfg, jax.random.key(1))
-    prompt = jnp.asarray([[0, 0, 5, 17, 33], [7, 3, 12, 5, 8]])
-    mask = jnp.asarray([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
-    new = jnp.asarray([[4, 9, 2], [11, 1, 30]])
-    slots = prompt.shape[1] + new.shape[1]
-    out = models.forward(cfg, params, prompt, attention_mask_BxL=mask,
-                         cache=models.init_cache(cfg, 2, slots))
-    cache, (keys, values) = out.cache, decode.to_decode_cache(out.cache)
-    weights = decode.prepare_weights(cfg, params)
-    for t in range(new.shape[1]):
-        ref = models.forward(cfg, params, new[:, t:t + 1], cache=cache)
-        cache = ref.cache
-        expected = np.asarray(ref.hidden_BxLxD[:, 0] @ ref.lm_head_DxV)
-        slot = prompt.shape[1] + t
-        valid = jnp.pad(mask.astype(bool), ((0, 0), (0, new.shape[1])))
-        valid = valid | ((jnp.arange(slots) >= prompt.shape[1]) & (jnp.arange(slots) <= slot))
-        rope = rope_tables(cfg, mask.sum(1) + t)
-        logits, keys, values = decode.decode_step(cfg, weights, new[:, t], rope, slot, valid,
-                                                  keys, values)
-        np.testing.assert_allclose(np.asarray(logits), expected, atol=1e-5, rtol=1e-5)
+    assert compiled_rollout.cache_info().currsize == 0
 
 
 def test_cpu_and_accelerator_decode_paths_sample_the_same(params):

@@ -84,7 +84,7 @@ def test_stages_chain_outputs_and_skip_finished_ones(tiny_policy_dir, tmp_path):
                     traces=traces_config("{workdir}/cold_start/export", "{workdir}/traces/out"))))
     workdir = str(tmp_path / "pipe")
     summary = pipeline.run(config, workdir)
-    assert set(summary) == {"cold_start", "traces"}
+    assert set(summary["stages"]) == {"cold_start", "traces"}
     assert os.path.isfile(os.path.join(workdir, "traces", "out", "data.jsonl"))
     os.remove(os.path.join(workdir, "traces", "out", "data.jsonl"))
     again = pipeline.run(config, workdir)  # both stages are done: nothing runs again

@@ -78,7 +78,7 @@ def build(operands: tuple[int, ...], ops: tuple[str, ...], difficulty: int = 0) 
         raise ValueError(f"need one more operand than ops, got {operands} and {ops}")
     value, steps = operands[0], []
     for op, x in zip(ops, operands[1:]):
-        result = _apply(value, op, x)
+        result = apply_op(value, op, x)
         steps.append(f"{value} {op} {x} = {result}")
         value = result
     words = ", ".join(_OP_WORDS[op].format(x=x) for op, x in zip(ops, operands[1:]))
@@ -97,7 +97,7 @@ def sample(rng: random.Random, spec: ArithmeticSpec, difficulty: int = 0) -> Ari
         x = _pick_operand(rng, value, op, *choices[op])
         operands.append(x)
         ops.append(op)
-        value = _apply(value, op, x)
+        value = apply_op(value, op, x)
     return build(tuple(operands), tuple(ops), difficulty)
 
 
@@ -141,7 +141,8 @@ def _divisors(value: int, low: int, high: int) -> list[int]:
     return [x for x in range(low, high + 1) if value > 0 and value % x == 0]
 
 
-def _apply(value: int, op: str, x: int) -> int:
+def apply_op(value: int, op: str, x: int) -> int:
+    """One step of a chain, ``value op x``; raises ValueError if it leaves the whole numbers."""
     if op == "+":
         return value + x
     if op == "-":

@@ -14,19 +14,20 @@ which import ``r1jax.eval.estimators`` to run majority votes, never import jax.
 from r1jax.eval.benchmarks import BENCHMARKS, Benchmark, get_benchmark, load_benchmark
 from r1jax.eval.estimators import Vote, answers_equal, majority_vote, mean_pass_at_k, pass_at_k, vote
 from r1jax.eval.records import EvalResult, ProblemRecord, SampleRecord, read_records, summarize
-from r1jax.eval.report import markdown_report, markdown_table
+from r1jax.eval.report import benchmark_table, markdown_report
 from r1jax.eval.settings import EvalSettings
 
 _LAZY = {
     "evaluate": "r1jax.eval.engine", "iter_evaluate": "r1jax.eval.engine",
     "judge": "r1jax.eval.engine", "run": "r1jax.eval.runner", "check_checkpoint": "r1jax.eval.runner",
-    "RunConfig": "r1jax.eval.run_config", "ConfigError": "r1jax.eval.run_config",
+    "RunConfig": "r1jax.eval.run_config", "BenchmarkRun": "r1jax.eval.run_config",
+    "ConfigError": "r1jax.configdict",
 }
 
 __all__ = [
-    "BENCHMARKS", "Benchmark", "ConfigError", "EvalResult", "EvalSettings", "ProblemRecord", "RunConfig",
-    "SampleRecord", "Vote", "answers_equal", "check_checkpoint", "evaluate", "get_benchmark",
-    "iter_evaluate", "judge", "load_benchmark", "majority_vote", "markdown_report", "markdown_table",
+    "BENCHMARKS", "Benchmark", "BenchmarkRun", "ConfigError", "EvalResult", "EvalSettings", "ProblemRecord", "RunConfig",
+    "SampleRecord", "Vote", "answers_equal", "benchmark_table", "check_checkpoint", "evaluate", "get_benchmark",
+    "iter_evaluate", "judge", "load_benchmark", "majority_vote", "markdown_report",
     "mean_pass_at_k", "pass_at_k", "read_records", "run", "summarize", "vote",
 ]
 

@@ -1,6 +1,6 @@
 """In-memory evaluation: k samples per problem from the rollout engine, judged by the rewards package.
 
-Problems go to ``r1jax.rollout.generate`` ``settings.batch_size`` at a time with ``group_size = k``
+Problems go to ``r1jax.completions.complete`` ``settings.batch_size`` at a time with ``group_size = k``
 (rows prompt-major, ``p * k + g``). Batch ``b`` always holds problems ``[b·B, (b+1)·B)`` and samples
 with the key ``fold_in(rng, b)``, so a batch's samples do not depend on which other batches ran:
 a resumed run regenerates exactly the samples an uninterrupted run would have drawn.
@@ -12,17 +12,13 @@ from __future__ import annotations
 from typing import Any, Iterator, Sequence
 
 import jax
-import numpy as np
 
-from r1jax import rollout
+from r1jax import completions
 from r1jax.data import Problem, get_template
 from r1jax.eval.estimators import vote
 from r1jax.eval.records import EvalResult, ProblemRecord, SampleRecord, running_accuracy, summarize
 from r1jax.eval.settings import EvalSettings
-from r1jax.rewards import RewardInput, RewardPool, extract_answer, extract_code, score_batch
-
-# End-of-turn tokens of common chat vocabularies: generation also stops at these when present.
-END_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<｜end▁of▁sentence｜>")
+from r1jax.rewards import BatchScores, RewardInput, RewardPool, extract_answer, extract_code, score_batch
 
 
 def evaluate(params: Any, model_config, tokenizer, problems: Sequence[Problem], *,
@@ -55,40 +51,38 @@ def iter_evaluate(params: Any, model_config, tokenizer, problems: Sequence[Probl
     (a batch whose problems are all skipped is not generated)."""
     problems = list(problems)
     _check_unique_ids(problems)
-    template = get_template(settings.template)
-    prompts = [tokenizer.encode(template.render(p.question), add_bos=settings.add_bos) for p in problems]
+    prompts = completions.encode_prompts(tokenizer, get_template(settings.template), problems,
+                                         add_bos=settings.add_bos)
     _check_budget(prompts, settings, model_config)
-    stop_ids = _stop_ids(tokenizer)
     size = settings.batch_size
     for b, start in enumerate(range(0, len(problems), size)):
         batch = problems[start:start + size]
         if all(p.id in skip_ids for p in batch):
             continue
-        out = rollout.generate(
-            params, model_config, prompts[start:start + size], rng=jax.random.fold_in(rng, b),
-            max_new_tokens=settings.max_new_tokens, group_size=settings.num_samples,
-            temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k,
-            stop_ids=stop_ids, stop_strings=settings.stop_strings, tokenizer=tokenizer,
-            pad_id=tokenizer.pad_id, sharding=sharding)
-        records = judge(batch, _texts(out, tokenizer), np.asarray(out.lengths).tolist(),
-                        (~np.asarray(out.stopped)).tolist(), settings=settings, pool=pool,
-                        first_index=start)
+        done = completions.complete(
+            params, model_config, tokenizer, prompts[start:start + size], settings.request,
+            group_size=settings.num_samples, rng=jax.random.fold_in(rng, b), problems=batch,
+            reward_config=settings.judge_config, pool=pool, sharding=sharding)
+        records = judge(batch, done.texts, done.lengths_B.tolist(), done.truncated_B.tolist(),
+                        settings=settings, pool=pool, first_index=start, scores=done.scores)
         yield [r for r in records if r.id not in skip_ids]
 
 
 def judge(problems: Sequence[Problem], texts: Sequence[str], lengths: Sequence[int],
           truncated: Sequence[bool], *, settings: EvalSettings, pool: RewardPool | None = None,
-          first_index: int = 0) -> list[ProblemRecord]:
+          first_index: int = 0, scores: BatchScores | None = None) -> list[ProblemRecord]:
     """Records for ``problems`` from their completions, ``settings.num_samples`` per problem in
-    prompt-major order (row ``p * k + g``): correctness and format by the rewards package, the
-    extracted answers, and (``settings.cons``, non-code problems) the majority vote."""
+    prompt-major order (row ``p * k + g``): correctness and format by the rewards package (or
+    ``scores``, already judged with ``settings.judge_config``), the extracted answers, and
+    (``settings.cons``, non-code problems) the majority vote."""
     k = settings.num_samples
     if not len(texts) == len(lengths) == len(truncated) == k * len(problems):
         raise ValueError(f"{len(problems)} problems × {k} samples need {k * len(problems)} completions, "
                          f"got {len(texts)} texts, {len(lengths)} lengths, {len(truncated)} flags")
-    inputs = [RewardInput.from_problem(problems[row // k], text, int(n))
-              for row, (text, n) in enumerate(zip(texts, lengths))]
-    scores = score_batch(inputs, settings.judge_config, pool)
+    if scores is None:
+        inputs = [RewardInput.from_problem(problems[row // k], text, int(n))
+                  for row, (text, n) in enumerate(zip(texts, lengths))]
+        scores = score_batch(inputs, settings.judge_config, pool)
     runner = pool if pool is not None else RewardPool(0)
     answers = [extract_code(t) if problems[row // k].kind == "code" else extract_answer(t)
                for row, t in enumerate(texts)]
@@ -124,21 +118,6 @@ def _as_bool(value: float | None, exact: bool = False) -> bool | None:
     if value is None:
         return None
     return value >= 1.0 if exact else value > 0.0
-
-
-def _texts(out: rollout.Rollout, tokenizer) -> list[str]:
-    """Each row's completion as text: its tokens up to and including the stop, special ones dropped."""
-    tokens_BxT, lengths_B = np.asarray(out.tokens), np.asarray(out.lengths)
-    return [tokenizer.decode(tokens_BxT[row, :lengths_B[row]].tolist()) for row in range(tokens_BxT.shape[0])]
-
-
-def _stop_ids(tokenizer) -> list[int]:
-    ids = {tokenizer.eos_id} if tokenizer.eos_id is not None else set()
-    for token in END_TOKENS:
-        token_id = tokenizer.token_to_id(token)
-        if token_id is not None:
-            ids.add(int(token_id))
-    return sorted(ids)
 
 
 def _check_unique_ids(problems: Sequence[Problem]) -> None:

@@ -21,7 +21,7 @@ def summary_json(benchmark: str, checkpoint: str, metrics: Mapping[str, float], 
             "settings": settings.to_json(), **extra}
 
 
-def markdown_table(rows: Sequence[tuple[str, Mapping[str, float], EvalSettings]]) -> str:
+def benchmark_table(rows: Sequence[tuple[str, Mapping[str, float], EvalSettings]]) -> str:
     """A markdown table with one row per ``(benchmark, metrics, settings)``.
 
     Columns: problems, k, every pass@k and cons@k any row has (percent), format rate (percent),
@@ -55,7 +55,7 @@ def markdown_report(benchmark: str, checkpoint: str, metrics: Mapping[str, float
                     f"top-p {settings.top_p:g}" + (f" · top-k {settings.top_k}" if settings.top_k else "")
                     + f" · up to {settings.max_new_tokens} new tokens")
     return (f"# Evaluation: {benchmark}\n\n{setting_line}\n\n"
-            + markdown_table([(benchmark, metrics, settings)])
+            + benchmark_table([(benchmark, metrics, settings)])
             + "\nPercentages; pass@k is the unbiased estimator over k samples per problem, cons@k the "
               "majority vote under math-verify equivalence.\n")
 

@@ -1,15 +1,16 @@
-"""The benchmark runner's config: an ml_collections ``ConfigDict`` checked into a frozen dataclass.
+"""The benchmark runner's config (job ``eval``): ``config.eval`` as a frozen, validated dataclass.
 
-The fields live under ``config.eval`` (``experiments/eval.py``); a bare block is accepted too.
-Sampling fields left unset (None) take the benchmark's defaults (``r1jax.eval.benchmarks``).
-Every error names the field (``eval.<name>``) and what to do.
+``r1jax.configdict.from_config(RunConfig, config)`` converts it like every job's config (typos and
+wrong types name the full path); sampling fields left unset (None) take the benchmark's defaults
+(``r1jax.eval.benchmarks``). Every error names the field (``eval.<name>``) and what to do.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Mapping
+from typing import Mapping
 
+from r1jax.configdict import ConfigError
 from r1jax.eval.benchmarks import BENCHMARKS, get_benchmark
 from r1jax.eval.settings import EvalSettings
 from r1jax.models.config import DTYPES
@@ -20,13 +21,9 @@ FILE_FORMATS = ("auto",) + tuple(name for name, b in BENCHMARKS.items()
                                   if b.source in ("jsonl", "gpqa", "livecodebench"))
 
 
-class ConfigError(ValueError):
-    """An invalid evaluation config; the message names the field and the fix."""
-
-
 @dataclasses.dataclass(frozen=True)
-class RunConfig:
-    """One benchmark run.
+class BenchmarkRun:
+    """One benchmark run (the ``eval`` block of the config).
 
     ``ckpt``: a Hugging Face-format directory (``config.json``, safetensors, tokenizer files) — the
     format r1jax training runs export. ``bench``: a benchmark name or a path to a ``.jsonl`` file
@@ -134,64 +131,17 @@ class RunConfig:
             max_new_tokens=self.max_new_tokens, batch_size=self.batch_size, pass_k=self.pass_k,
             stop_strings=self.stop_strings, cons=self.cons, add_bos=self.add_bos, reward_config=reward)
 
-    @classmethod
-    def from_config(cls, config: Any) -> "RunConfig":
-        """From a ``ConfigDict`` (its ``eval`` block, or the block itself) or a plain mapping."""
-        raw = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-        if isinstance(raw.get("eval"), Mapping):
-            raw = dict(raw["eval"])
-        else:
-            raw.pop("job", None)
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - set(fields))
-        if unknown:
-            raise ConfigError(f"eval.{unknown[0]} is not an evaluation setting (unknown: {unknown}); "
-                              f"known: {sorted(fields)}")
-        values = {}
-        for name, value in raw.items():
-            values[name] = _coerce(name, value)
-        for name in ("ckpt", "bench"):
-            if name not in values:
-                raise ConfigError(f"eval.{name} is required")
-        return cls(**values)
 
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Job ``eval``: the benchmark run described by ``eval``."""
 
-_INTS = {"num_problems", "difficulty", "seed", "sample_seed", "num_samples", "top_k", "max_new_tokens",
-         "batch_size", "reward_workers"}
-_FLOATS = {"temperature", "top_p", "reward_timeout_s", "code_timeout_s"}
-_BOOLS = {"cons", "add_bos", "progress"}
+    job: str
+    eval: BenchmarkRun
 
-
-def _coerce(name: str, value: Any) -> Any:
-    """The value with the field's type, or ConfigError naming the field."""
-    if value is None:
-        return None
-    try:
-        if name in _INTS:
-            if isinstance(value, (bool, str)) or int(value) != float(value):
-                raise ValueError
-            return int(value)
-        if name in _FLOATS:
-            if isinstance(value, (bool, str)):
-                raise ValueError
-            return float(value)
-        if name in _BOOLS:
-            if not isinstance(value, bool):
-                raise ValueError
-            return value
-        if name == "pass_k":
-            return tuple(int(k) for k in value)
-        if name == "stop_strings":
-            if isinstance(value, str):
-                raise ValueError
-            return tuple(str(s) for s in value)
-        if name == "mesh":
-            return {str(k): int(v) for k, v in dict(value).items()} or None
-        if not isinstance(value, str):
-            raise ValueError
-        return value
-    except (TypeError, ValueError):
-        raise ConfigError(f"eval.{name}: bad value {value!r} ({type(value).__name__})") from None
+    def __post_init__(self):
+        if self.job != "eval":
+            raise ValueError(f"job must be 'eval', got {self.job!r}")
 
 
 def _is_path(bench: str) -> bool:

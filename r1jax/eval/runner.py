@@ -23,11 +23,12 @@ import jax
 
 from r1jax import hf
 from r1jax.eval.benchmarks import load_benchmark
-from r1jax.eval.engine import progress_bar, iter_evaluate
+from r1jax.eval.engine import iter_evaluate, progress_bar
 from r1jax.eval.records import (EvalResult, append_records, read_records, running_accuracy, summarize,
                                 write_json_atomic)
 from r1jax.eval.report import markdown_report, summary_json
-from r1jax.eval.run_config import ConfigError, RunConfig
+from r1jax.configdict import ConfigError
+from r1jax.eval.run_config import BenchmarkRun, RunConfig
 from r1jax.rewards import RewardPool
 from r1jax.sharding import Sharding, make_mesh
 from r1jax.tokenizer import load_tokenizer
@@ -38,12 +39,12 @@ RUN_FILE, SAMPLES_FILE, SUMMARY_FILE, REPORT_FILE = "run.json", "samples.jsonl",
 _ORBAX_MARKERS = ("_CHECKPOINT_METADATA", "_METADATA", "checkpoint", "manifest.ocdbt")
 
 
-def run(config: Any, workdir: str) -> EvalResult:
-    """Evaluates ``config.eval.ckpt`` on ``config.eval.bench`` and writes the files listed above.
+def run(cfg: RunConfig, workdir: str) -> EvalResult:
+    """Evaluates ``cfg.eval.ckpt`` on ``cfg.eval.bench`` and writes the files listed above.
 
     Returns the result over every problem in ``samples.jsonl``.
     """
-    rc = RunConfig.from_config(config)
+    rc = cfg.eval
     out_dir = rc.output_dir or os.path.join(workdir, "eval", rc.label)
     writer = jax.process_index() == 0
     settings = rc.settings
@@ -120,7 +121,7 @@ def check_checkpoint(path: str) -> None:
         "tokenizer.json or sentencepiece *.model (or eval.tokenizer)")
 
 
-def load_model(rc: RunConfig):
+def load_model(rc: BenchmarkRun):
     """(params, model config, tokenizer, sharding) for the run's checkpoint, on its mesh if any."""
     sharding = Sharding(make_mesh(rc.mesh)) if rc.mesh else None
     model_config, params = hf.load_pretrained(rc.ckpt, mesh=sharding.mesh if sharding else None,

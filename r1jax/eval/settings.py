@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from r1jax.completions import SamplingRequest
 from r1jax.data import get_template
 from r1jax.eval.benchmarks import get_benchmark
 from r1jax.rewards import RewardConfig
@@ -69,6 +70,13 @@ class EvalSettings:
         if not isinstance(self.reward_config, RewardConfig):
             raise ValueError("EvalSettings.reward_config must be an r1jax.rewards.RewardConfig, got "
                              f"{type(self.reward_config).__name__}")
+
+    @property
+    def request(self) -> SamplingRequest:
+        """What each of the k samples is drawn with (also stopping at chat end-of-turn tokens)."""
+        return SamplingRequest(max_new_tokens=self.max_new_tokens, temperature=self.temperature,
+                               top_p=self.top_p, top_k=self.top_k, stop_strings=self.stop_strings,
+                               stop_at_end_of_turn=True)
 
     @property
     def judge_config(self) -> RewardConfig:

@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 
 from r1jax.models.config import ModelConfig
-from r1jax.models.layers import (MLP, Attention, RMSNorm, _param, attention_weights_mask,
-                                 rope_tables)
+from r1jax.models.layers import (MLP, Attention, RMSNorm, attention_weights_mask, embed, param,
+                                 rms_norm, rope_tables)
 from r1jax.sharding import Sharding, constrain, logical_axes_of
 
 Params = Any
@@ -59,7 +59,7 @@ class Decoder(nn.Module):
 
     Returns ``(hidden_BxLxD, lm_head_DxV)``. This is the training/full-sequence forward and the
     definition of the parameter tree; cached decoding runs the same ``Block`` per layer in
-    ``forward`` instead.
+    ``forward`` instead (and the CPU rollout the one-token ``r1jax.models.decode`` step).
     """
 
     cfg: ModelConfig
@@ -70,9 +70,9 @@ class Decoder(nn.Module):
         """``rope``: ``layers.rope_tables`` of the tokens' positions."""
         cfg = self.cfg
         init = nn.initializers.normal(stddev=0.02)
-        embedding_VxD = _param(self, "embedding", init, (cfg.vocab_size, cfg.hidden_size),
-                               ("vocab", "embed"), cfg.weight_dtype)
-        x_BxLxD = _embed(cfg, embedding_VxD, tokens_BxL, self.sharding)
+        embedding_VxD = param(self, "embedding", init, (cfg.vocab_size, cfg.hidden_size),
+                              ("vocab", "embed"), cfg.weight_dtype)
+        x_BxLxD = embed(cfg, embedding_VxD, tokens_BxL, self.sharding)
         block = _ScanBlock
         if cfg.remat != "none":
             block = nn.remat(_ScanBlock, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
@@ -90,14 +90,14 @@ class Decoder(nn.Module):
             x_BxLxD)
         if cfg.tie_embeddings:
             return hidden_BxLxD, embedding_VxD.T
-        lm_head_DxV = _param(self, "lm_head", init, (cfg.hidden_size, cfg.vocab_size),
-                             ("embed", "vocab"), cfg.weight_dtype)
+        lm_head_DxV = param(self, "lm_head", init, (cfg.hidden_size, cfg.vocab_size),
+                            ("embed", "vocab"), cfg.weight_dtype)
         return hidden_BxLxD, lm_head_DxV
 
 
-def _embed(cfg: ModelConfig, embedding_VxD, tokens_BxL, sharding):
-    x_BxLxD = jnp.take(embedding_VxD, tokens_BxL, axis=0).astype(cfg.activation_dtype)
-    return constrain(x_BxLxD, ("batch", "length", "act_embed"), sharding)
+def lm_head_of(cfg: ModelConfig, params: Params):
+    """The LM head ``[D, V]`` of ``params`` (the embedding's transpose when they are tied)."""
+    return params["embedding"].T if cfg.tie_embeddings else params["lm_head"]
 
 
 def unstack_layers(params: Params) -> Params:
@@ -218,18 +218,16 @@ def forward(
     # cache arrays, which are updated in place.
     layers = unstack_layers(params)["layers"]
     block = Block(cfg, sharding)
-    x_BxLxD = _embed(cfg, params["embedding"], tokens_BxL, sharding)
+    x_BxLxD = embed(cfg, params["embedding"], tokens_BxL, sharding)
     keys, values = [], []
     for layer_params, k, v in zip(layers, cache.keys, cache.values):
         x_BxLxD, (k, v) = block.apply({"params": layer_params}, x_BxLxD, rope,
                                       weights_mask, cache.index, (k, v))
         keys.append(constrain(k, CACHE_AXES, sharding))
         values.append(constrain(v, CACHE_AXES, sharding))
-    norm = RMSNorm(cfg.rms_norm_eps, "embed", cfg.weight_dtype)
-    hidden_BxLxD = norm.apply({"params": params["final_norm"]}, x_BxLxD)
-    lm_head_DxV = params["embedding"].T if cfg.tie_embeddings else params["lm_head"]
+    hidden_BxLxD = rms_norm(x_BxLxD, params["final_norm"]["scale"], cfg.rms_norm_eps)
     new_cache = KVCache(tuple(keys), tuple(values), valid_BxS, cache.index + length)
-    return ForwardOutput(hidden_BxLxD, lm_head_DxV, new_cache)
+    return ForwardOutput(hidden_BxLxD, lm_head_of(cfg, params), new_cache)
 
 
 def logits(cfg: ModelConfig, params: Params, tokens_BxL, attention_mask_BxL=None, **kwargs):

@@ -1,8 +1,10 @@
 """Building blocks of the decoder: RMSNorm, rotary embeddings, grouped-query attention, SwiGLU.
 
-Shape legend (used in every array name of ``r1jax.models``):
-B batch · L new tokens · S key/cache slots · D model width · H query heads · K KV heads ·
-G query heads per KV head · E head dim · F MLP width · V vocabulary · Y layers.
+The math is in plain functions (``rms_norm``, ``apply_rope``, ``grouped_query_attention``,
+``swiglu``, ``embed``) that both the Flax modules here (the training forward) and the one-token
+decode step (``r1jax.models.decode``) call, so the two paths cannot drift apart.
+
+Array names carry their shape; the letters are ``r1jax``'s one legend (``r1jax/__init__.py``).
 """
 from __future__ import annotations
 
@@ -18,8 +20,23 @@ from r1jax.sharding import Sharding, constrain
 MASK_VALUE = float(np.finfo(np.float32).min)
 
 
-def _param(module: nn.Module, name: str, init, shape, axes, dtype):
+def param(module: nn.Module, name: str, init, shape, axes, dtype):
+    """``module.param`` carrying the logical axis names ``axes`` (for sharding rules)."""
     return module.param(name, nn.with_logical_partitioning(init, axes), shape, dtype)
+
+
+def embed(cfg: ModelConfig, embedding_VxD, tokens, sharding: Sharding | None = None):
+    """The embedding rows of ``tokens`` (``[B, L]``, or ``[B]`` for one token per row) in the
+    activation dtype: ``[B, L, D]`` (or ``[B, D]``)."""
+    x = jnp.take(embedding_VxD, tokens, axis=0).astype(cfg.activation_dtype)
+    return constrain(x, ("batch", "length")[:tokens.ndim] + ("act_embed",), sharding)
+
+
+def rms_norm(x, scale, eps: float):
+    """``x / sqrt(mean(x²) + eps) * scale`` over the last axis, in float32, in x's dtype."""
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + eps)
+    return (y * scale.astype(jnp.float32)).astype(x.dtype)
 
 
 class RMSNorm(nn.Module):
@@ -31,11 +48,9 @@ class RMSNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        scale = _param(self, "scale", nn.initializers.ones, (x.shape[-1],), (self.axis_name,),
-                       self.param_dtype)
-        x32 = x.astype(jnp.float32)
-        y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
-        return (y * scale.astype(jnp.float32)).astype(x.dtype)
+        scale = param(self, "scale", nn.initializers.ones, (x.shape[-1],), (self.axis_name,),
+                      self.param_dtype)
+        return rms_norm(x, scale, self.eps)
 
 
 def rope_inverse_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None) -> np.ndarray:
@@ -107,23 +122,40 @@ def attention_weights_mask(query_slots_BxL, key_valid_BxS, segment_ids=None):
     return mask_BxLxS
 
 
+def grouped_query_attention(q, keys, values, mask, *, keys_transposed: bool = False,
+                            scale: float | None = None):
+    """Softmax attention of each group of Q query heads to its KV head; scores and softmax in
+    float32, the weighted sum in the values' dtype.
+
+    ``q`` is ``[B, K, Q, L, E]``, or ``[B, K, Q, E]`` for one new token per row; ``mask`` is
+    ``[B, L, S]`` (or ``[B, S]``), True where a query may see a key. ``values`` are
+    ``[B, K, S, E]``; ``keys`` too, or ``[B, K, E, S]`` with ``keys_transposed`` (the decode
+    cache: the scores are then a plain matmul). ``scale`` multiplies the scores; None where the
+    caller folded it into ``q``. Returns q's shape.
+    """
+    query = "bkgl" if q.ndim == 5 else "bkg"
+    key = "bkes" if keys_transposed else "bkse"
+    scores = jnp.einsum(f"{query}e,{key}->{query}s", q, keys, preferred_element_type=jnp.float32)
+    if scale is not None:
+        scores = scores * scale
+    scores = jnp.where(mask[:, None, None], scores, MASK_VALUE)
+    probs = jax.nn.softmax(scores, axis=-1).astype(values.dtype)
+    return jnp.einsum(f"{query}s,bkse->{query}e", probs, values)
+
+
 def dot_product_attention(q_BxLxHxE, k_BxKxSxE, v_BxKxSxE, mask_BxLxS):
-    """Grouped-query softmax attention, logits and softmax in float32.
+    """``grouped_query_attention`` of ``[B, L, H, E]`` queries, scaled by ``E^-0.5``.
 
     Keys and values are ``[B, K, S, E]`` (the KV-cache layout): the batch axes of both attention
     matmuls lead, so neither needs a transposed copy of the cache.
     """
     batch, length, num_heads, head_dim = q_BxLxHxE.shape
     num_kv = k_BxKxSxE.shape[1]
-    q_BxKxGxLxE = q_BxLxHxE.reshape(batch, length, num_kv, num_heads // num_kv, head_dim
+    q_BxKxQxLxE = q_BxLxHxE.reshape(batch, length, num_kv, num_heads // num_kv, head_dim
                                     ).transpose(0, 2, 3, 1, 4)
-    scores_BxKxGxLxS = jnp.einsum(
-        "bkgle,bkse->bkgls", q_BxKxGxLxE, k_BxKxSxE, preferred_element_type=jnp.float32
-    ) * (head_dim ** -0.5)
-    scores_BxKxGxLxS = jnp.where(mask_BxLxS[:, None, None], scores_BxKxGxLxS, MASK_VALUE)
-    probs = jax.nn.softmax(scores_BxKxGxLxS, axis=-1).astype(v_BxKxSxE.dtype)
-    out_BxKxGxLxE = jnp.einsum("bkgls,bkse->bkgle", probs, v_BxKxSxE)
-    return out_BxKxGxLxE.transpose(0, 3, 1, 2, 4).reshape(batch, length, num_heads, head_dim)
+    out_BxKxQxLxE = grouped_query_attention(q_BxKxQxLxE, k_BxKxSxE, v_BxKxSxE, mask_BxLxS,
+                                            scale=head_dim ** -0.5)
+    return out_BxKxQxLxE.transpose(0, 3, 1, 2, 4).reshape(batch, length, num_heads, head_dim)
 
 
 class Attention(nn.Module):
@@ -139,12 +171,12 @@ class Attention(nn.Module):
         init = nn.initializers.normal(stddev=0.02)
 
         def project(name, num, axes_name):
-            kernel = _param(self, f"{name}_kernel", init, (cfg.hidden_size, num, cfg.head_dim),
-                            ("embed", axes_name, "head_dim"), pdtype)
+            kernel = param(self, f"{name}_kernel", init, (cfg.hidden_size, num, cfg.head_dim),
+                           ("embed", axes_name, "head_dim"), pdtype)
             y = jnp.einsum("bld,dne->blne", x_BxLxD, kernel.astype(dtype))
             if cfg.qkv_bias:
-                bias = _param(self, f"{name}_bias", nn.initializers.zeros, (num, cfg.head_dim),
-                              (axes_name, "head_dim"), pdtype)
+                bias = param(self, f"{name}_bias", nn.initializers.zeros, (num, cfg.head_dim),
+                             (axes_name, "head_dim"), pdtype)
                 y = y + bias.astype(dtype)
             return y
 
@@ -173,8 +205,8 @@ class Attention(nn.Module):
 
         out_BxLxHxE = dot_product_attention(q_BxLxHxE, keys_BxKxSxE.astype(dtype),
                                             values_BxKxSxE.astype(dtype), mask_BxLxS)
-        o_kernel = _param(self, "o_kernel", init, (cfg.num_heads, cfg.head_dim, cfg.hidden_size),
-                          ("heads", "head_dim", "embed"), pdtype)
+        o_kernel = param(self, "o_kernel", init, (cfg.num_heads, cfg.head_dim, cfg.hidden_size),
+                         ("heads", "head_dim", "embed"), pdtype)
         out_BxLxD = jnp.einsum("blhe,hed->bld", out_BxLxHxE, o_kernel.astype(dtype))
         return out_BxLxD, kv_cache
 
@@ -200,6 +232,11 @@ def _widening_bwd(residuals, dy_NxF):
 _widening_matmul_cpu.defvjp(_widening_fwd, _widening_bwd)
 
 
+def swiglu(gate, up):
+    """The SwiGLU activation ``silu(gate) * up`` (any shape; the MLP's hidden layer)."""
+    return jax.nn.silu(gate) * up
+
+
 def widening_matmul(x_BxLxD, w_DxF):
     """``x @ w``; on CPU its weight gradient is computed in the orientation XLA:CPU runs fastest."""
     if jax.default_backend() != "cpu":
@@ -222,10 +259,10 @@ class MLP(nn.Module):
         init = nn.initializers.normal(stddev=0.02)
         shape_in, shape_out = (cfg.hidden_size, cfg.intermediate_size), (cfg.intermediate_size,
                                                                           cfg.hidden_size)
-        gate = _param(self, "gate_kernel", init, shape_in, ("embed", "mlp"), pdtype)
-        up = _param(self, "up_kernel", init, shape_in, ("embed", "mlp"), pdtype)
-        down = _param(self, "down_kernel", init, shape_out, ("mlp", "embed"), pdtype)
-        h_BxLxF = jax.nn.silu(widening_matmul(x_BxLxD, gate.astype(dtype))) * widening_matmul(
-            x_BxLxD, up.astype(dtype))
+        gate = param(self, "gate_kernel", init, shape_in, ("embed", "mlp"), pdtype)
+        up = param(self, "up_kernel", init, shape_in, ("embed", "mlp"), pdtype)
+        down = param(self, "down_kernel", init, shape_out, ("mlp", "embed"), pdtype)
+        h_BxLxF = swiglu(widening_matmul(x_BxLxD, gate.astype(dtype)),
+                         widening_matmul(x_BxLxD, up.astype(dtype)))
         h_BxLxF = constrain(h_BxLxF, ("batch", "length", "act_mlp"), self.sharding)
         return h_BxLxF @ down.astype(dtype)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Mapping
 
-from r1jax.configdict import ConfigError, from_config
 from r1jax.models.config import PRESETS
 from r1jax.pretrain.corpus import FAMILIES, CorpusConfig
 
@@ -74,9 +73,12 @@ class TrainSettings:
     docs_per_chunk: int = 4096
     log_every: int = 25
     eval_every: int = 400
+    checkpoint_every: int = 200
+    max_to_keep: int = 2
 
     def __post_init__(self):
-        for name in ("steps", "batch_size", "docs_per_chunk", "log_every", "eval_every"):
+        for name in ("steps", "batch_size", "docs_per_chunk", "log_every", "eval_every",
+                     "checkpoint_every", "max_to_keep"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if self.seq_len < 32:
@@ -113,12 +115,3 @@ class PretrainConfig:
     def __post_init__(self):
         if self.job != "pretrain":
             raise ValueError(f"job must be 'pretrain' for a pretraining run, got {self.job!r}")
-
-    @classmethod
-    def from_config(cls, config) -> "PretrainConfig":
-        try:
-            return from_config(cls, config)
-        except ConfigError:
-            raise
-        except ValueError as e:
-            raise ConfigError(str(e)) from None

@@ -67,7 +67,7 @@ def sub_chain_keys(start: int, ops: tuple[str, ...], operands: tuple[int, ...],
     """Keys of every contiguous sub-chain of at least ``min_ops`` operations."""
     values = [start]
     for op, x in zip(ops, operands):
-        values.append(arithmetic._apply(values[-1], op, x))  # noqa: SLF001  (the task's own rule)
+        values.append(arithmetic.apply_op(values[-1], op, x))  # the task's own rule
     keys = []
     for i in range(len(ops)):
         for j in range(i + min_ops, len(ops) + 1):

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from r1jax import rollout
+from r1jax import completions
 from r1jax.data import render_prompt
 from r1jax.rewards import extract_answer, format_reward
 
@@ -26,20 +26,16 @@ _RESULT = re.compile(r"Result:\s*(\d+)")
 def _generate(params, model_cfg, tokenizer, prompts: Sequence[str], *, rng, num_samples,
               temperature, max_new_tokens, stop_strings, batch_size):
     """Decoded completions ``[len(prompts) × num_samples]`` and their token counts."""
+    request = completions.SamplingRequest(max_new_tokens=max_new_tokens, temperature=temperature,
+                                          stop_strings=tuple(stop_strings))
     texts, lengths = [], []
     for start in range(0, len(prompts), batch_size):
         # No BOS: pretraining documents have none, and neither do the RL trainer's prompts.
         ids = [tokenizer.encode(p) for p in prompts[start:start + batch_size]]
-        out = rollout.generate(
-            params, model_cfg, ids, rng=jax.random.fold_in(rng, start),
-            max_new_tokens=max_new_tokens, group_size=num_samples, temperature=temperature,
-            stop_ids=[] if tokenizer.eos_id is None else [tokenizer.eos_id],
-            stop_strings=stop_strings, tokenizer=tokenizer if stop_strings else None,
-            pad_id=tokenizer.pad_id)
-        tokens, lens = np.asarray(out.tokens), np.asarray(out.lengths)
-        for row, n in zip(tokens, lens):
-            texts.append(tokenizer.decode(row[:n]))
-            lengths.append(int(n))
+        done = completions.complete(params, model_cfg, tokenizer, ids, request,
+                                    group_size=num_samples, rng=jax.random.fold_in(rng, start))
+        texts += done.texts
+        lengths += done.lengths_B.tolist()
     return texts, np.asarray(lengths)
 
 

@@ -6,9 +6,13 @@
 2. train the decoder with ``r1jax.sft.sft_step`` (loss on every token) on packed rows of freshly
    generated documents — chunk k of the ``train`` stream is generated, packed and shuffled from
    its index alone, so the run is a pure function of the config;
-3. write a Hugging Face checkpoint (``config.json`` + ``model.safetensors``), ``tokenizer.model``,
-   ``SHA256SUMS`` and ``probe.json`` (latent skill and R1-Zero-template behaviour on held-out
-   test problems) to ``output_dir``; logs go to ``<workdir>/pretrain_log.jsonl``.
+3. write a Hugging Face checkpoint (``config.json`` + ``model.safetensors``), ``tokenizer.model``
+   and ``SHA256SUMS`` to ``output_dir``, and measure the base (latent skill and R1-Zero-template
+   behaviour on held-out test problems) into ``<workdir>/summary.json``; logs go to
+   ``<workdir>/pretrain_log.jsonl``.
+
+The run skeleton (``r1jax.training_run``) checkpoints the train state and the stream's position
+every ``train.checkpoint_every`` steps and on SIGTERM; a rerun resumes exactly.
 """
 from __future__ import annotations
 
@@ -20,14 +24,13 @@ import time
 import jax
 import numpy as np
 
-from r1jax import hf, models, sft
-from r1jax.configdict import to_dict
+from r1jax import hf, models, sft, training_run
 from r1jax.data import synthetic
+from r1jax.metrics import truncate_after
+from r1jax.optim import OptimConfig, init_train_state, make_optimizer
 from r1jax.pretrain import corpus as corpus_lib
 from r1jax.pretrain import probe
 from r1jax.pretrain.config import PretrainConfig
-from r1jax.rl.config import OptimConfig
-from r1jax.optim import init_train_state, make_optimizer
 from r1jax.tokenizer import Tokenizer, train_sentencepiece
 
 CHECKPOINT_FILES = ("config.json", "model.safetensors", "tokenizer.model")
@@ -66,13 +69,30 @@ def packed_chunk(cfg: PretrainConfig, corpus_cfg, tokenizer: Tokenizer, index: i
     return sft.PackedRows(*(getattr(rows, f)[order] for f in sft.PackedRows.__dataclass_fields__))
 
 
-def batches(cfg: PretrainConfig, corpus_cfg, tokenizer):
-    """An endless stream of ``[batch_size, seq_len]`` batches (whole batches only)."""
-    index = 0
-    while True:
-        rows = packed_chunk(cfg, corpus_cfg, tokenizer, index)
-        yield from sft.iterate_batches(rows, cfg.train.batch_size, drop_remainder=True)
-        index += 1
+class BatchStream:
+    """An endless stream of ``[batch_size, seq_len]`` batches (whole batches only) whose position
+    — ``(chunk, batch within it)`` — is checkpointed, so a resumed run reads the same batches."""
+
+    def __init__(self, cfg: PretrainConfig, corpus_cfg, tokenizer, position=(0, 0)):
+        self._args = (cfg, corpus_cfg, tokenizer)
+        self.chunk, self.offset = position
+        self._batches = None
+
+    @property
+    def position(self) -> list[int]:
+        return [self.chunk, self.offset]
+
+    def next(self) -> sft.PackedRows:
+        cfg = self._args[0]
+        while True:
+            if self._batches is None:
+                rows = packed_chunk(*self._args, self.chunk)
+                self._batches = list(sft.iterate_batches(rows, cfg.train.batch_size,
+                                                         drop_remainder=True))
+            if self.offset < len(self._batches):
+                self.offset += 1
+                return self._batches[self.offset - 1]
+            self.chunk, self.offset, self._batches = self.chunk + 1, 0, None
 
 
 def model_config(cfg: PretrainConfig, tokenizer: Tokenizer) -> models.ModelConfig:
@@ -134,14 +154,17 @@ def sha256sums(directory: str, names=CHECKPOINT_FILES) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(config, workdir: str) -> dict:
-    """Pretrain the base model described by ``config`` (a ConfigDict or ``PretrainConfig``)."""
-    cfg = config if isinstance(config, PretrainConfig) else PretrainConfig.from_config(config)
-    os.makedirs(workdir, exist_ok=True)
+RunConfig = PretrainConfig
+
+
+def run(cfg: PretrainConfig, workdir: str) -> dict:
+    """Pretrain (or resume pretraining) the base model described by ``cfg``."""
     output_dir = cfg.output_dir or os.path.join(workdir, "base")
+    done = training_run.finished(workdir, cfg)
+    if done is not None and os.path.isfile(os.path.join(output_dir, "SHA256SUMS")):
+        return done
+    training_run.start(workdir, cfg)
     log_path = os.path.join(workdir, "pretrain_log.jsonl")
-    if os.path.exists(log_path):
-        os.remove(log_path)
     t0 = time.time()
 
     # ---------------------------------------------------------------- tokenizer and model
@@ -155,53 +178,76 @@ def run(config, workdir: str) -> dict:
                         weight_decay=train.weight_decay, max_grad_norm=train.max_grad_norm)
     optimizer = make_optimizer(optim)
     params = jax.jit(lambda k: models.init(model_cfg, k))(jax.random.key(cfg.seed))
-    state = init_train_state(params, optimizer)
+    checkpointer = training_run.open_checkpoints(workdir, train.max_to_keep)
+    start, arrays, meta = training_run.resume(
+        checkpointer, {"state": init_train_state(params, optimizer)})
+    state = arrays["state"]
+    stream = BatchStream(cfg, corpus_cfg, tokenizer, meta["stream"] if meta else (0, 0))
+    tokens = meta["tokens"] if meta else 0
+    if start == 0 and os.path.exists(log_path):
+        os.remove(log_path)
+    elif start:
+        truncate_after(log_path, start)
     step_fn = sft.make_sft_step(sft.SFTConfig(optim=optim), model_cfg, optimizer, state)
     heldout = sft.SFTBatch.from_rows(next(sft.iterate_batches(
         packed_chunk(cfg, corpus_cfg, tokenizer, 0, stream="heldout"), train.batch_size)))
-    _log(log_path, {"event": "start", "params": models.count_params(model_cfg),
-                    "vocab": tokenizer.vocab_size, "setup_s": round(time.time() - t0, 1)})
+    _log(log_path, {"event": "start" if start == 0 else f"resume at step {start}",
+                    "params": models.count_params(model_cfg), "vocab": tokenizer.vocab_size,
+                    "setup_s": round(time.time() - t0, 1)})
 
     # ---------------------------------------------------------------- training
-    t_train, tokens, losses = time.time(), 0, []
-    stream = batches(cfg, corpus_cfg, tokenizer)
-    for step in range(1, train.steps + 1):
-        rows = next(stream)
-        state, metrics = step_fn(state, sft.SFTBatch.from_rows(rows))
-        tokens += int((rows.segment_ids > 0).sum())
-        losses.append(metrics["loss"])
-        if step % train.log_every == 0 or step == train.steps:
-            elapsed = time.time() - t_train
-            loss_sum, weight = sft.eval_loss(state.params, heldout, model_cfg=model_cfg)
-            _log(log_path, {"step": step, "loss": float(np.mean(jax.device_get(losses))),
-                            "heldout_loss": float(loss_sum / weight),
-                            "lr": float(metrics["learning_rate"]),
-                            "grad_norm": float(metrics["grad_norm"]),
-                            "skipped": int(state.skipped_updates), "tokens": tokens,
-                            "tok_per_s": round(tokens / elapsed), "elapsed_s": round(elapsed),
-                            "eta_s": round(elapsed / step * (train.steps - step))})
-            losses = []
-        if step % train.eval_every == 0 and step < train.steps and cfg.probe.periodic_problems:
-            probe_metrics = measure(cfg, state.params, model_cfg, tokenizer,
-                                    cfg.probe.periodic_problems, full=False)
-            _log(log_path, {"step": step, **probe_metrics})
+    t_train, losses, step = time.time(), [], start
+    with training_run.Stopper() as stopper:
+        for step in range(start + 1, train.steps + 1):
+            rows = stream.next()
+            state, metrics = step_fn(state, sft.SFTBatch.from_rows(rows))
+            tokens += int((rows.segment_ids > 0).sum())
+            losses.append(metrics["loss"])
+            if step % train.log_every == 0 or step == train.steps:
+                _log_step(log_path, cfg, state, metrics, losses, heldout, model_cfg, step=step,
+                          tokens=tokens, elapsed=time.time() - t_train, start=start)
+                losses = []
+            if step % train.eval_every == 0 and step < train.steps and cfg.probe.periodic_problems:
+                _log(log_path, {"step": step, **measure(cfg, state.params, model_cfg, tokenizer,
+                                                        cfg.probe.periodic_problems, full=False)})
+            stop = stopper.should_stop()
+            if stop or training_run.checkpoint_due(step, train.steps, train.checkpoint_every):
+                checkpointer.save(step, {"state": state},
+                                  {"stream": stream.position, "tokens": tokens}, force=stop)
+            if stop:
+                break
+    checkpointer.close()
+    if stopper.preempted:
+        return {"preempted_at": step}
+    return _export_and_measure(cfg, workdir, output_dir, state.params, model_cfg, tokenizer,
+                               tokens=tokens, train_s=time.time() - t_train, t0=t0,
+                               log_path=log_path)
 
-    # ---------------------------------------------------------------- export and measure
-    params = state.params
-    os.makedirs(output_dir, exist_ok=True)
+
+def _log_step(log_path, cfg, state, metrics, losses, heldout, model_cfg, *, step, tokens, elapsed,
+              start):
+    loss_sum, weight = sft.eval_loss(state.params, heldout, model_cfg=model_cfg)
+    done = step - start
+    _log(log_path, {"step": step, "loss": float(np.mean(jax.device_get(losses))),
+                    "heldout_loss": float(loss_sum / weight),
+                    "lr": float(metrics["learning_rate"]), "grad_norm": float(metrics["grad_norm"]),
+                    "skipped": int(state.skipped_updates), "tokens": tokens,
+                    "elapsed_s": round(elapsed), "eta_s": round(elapsed / done * (
+                        cfg.train.steps - step))})
+
+
+def _export_and_measure(cfg, workdir, output_dir, params, model_cfg, tokenizer, *, tokens,
+                        train_s, t0, log_path) -> dict:
     hf.save_pretrained(output_dir, model_cfg, params)
-    export_tokenizer(tokenizer.path, os.path.join(output_dir, "tokenizer.model"))
-    with open(os.path.join(output_dir, "SHA256SUMS"), "w", encoding="utf-8") as f:
-        f.write(sha256sums(output_dir))
-    train_s = time.time() - t_train
+    if jax.process_index() == 0:
+        export_tokenizer(tokenizer.path, os.path.join(output_dir, "tokenizer.model"))
+        with open(os.path.join(output_dir, "SHA256SUMS"), "w", encoding="utf-8") as f:
+            f.write(sha256sums(output_dir))
     result = (measure(cfg, params, model_cfg, tokenizer, cfg.probe.num_problems, full=True)
               if cfg.probe.num_problems else {})
     summary = {"train_s": round(train_s), "total_s": round(time.time() - t0), "tokens": tokens,
-               "params": models.count_params(model_cfg), "probe": result,
-               "config": to_dict(cfg)}
-    with open(os.path.join(workdir, "pretrain_summary.json"), "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=2, sort_keys=True)
+               "params": models.count_params(model_cfg), "probe": result}
     _log(log_path, {"event": "done", "output_dir": output_dir,
                     **{k: v for k, v in result.items() if isinstance(v, float)},
                     "total_s": summary["total_s"]})
-    return summary
+    return training_run.write_summary(workdir, cfg, summary)

@@ -21,14 +21,14 @@ from r1jax.rewards.format import FormatCheck, check_format, format_reward
 from r1jax.rewards.language import LANGUAGE_SCRIPTS, language_consistency
 from r1jax.rewards.math_verifier import math_accuracy, parse_gold
 from r1jax.rewards.overlong import overlong_penalty
-from r1jax.rewards.pool import BatchResult, BatchScores, RewardPool, score_batch, summarize
+from r1jax.rewards.pool import BatchResult, BatchScores, RewardPool, batch_metrics, score_batch
 from r1jax.rewards.sandbox import RunResult, SandboxConfig, SandboxLimits, SandboxUnavailable, run_python
 
 __all__ = [
-    "BatchResult", "BatchScores", "COMPONENTS", "CodeScore", "CodeTask", "FormatCheck",
+    "BatchResult", "BatchScores", "COMPONENTS", "batch_metrics", "CodeScore", "CodeTask", "FormatCheck",
     "LANGUAGE_SCRIPTS", "RewardBreakdown", "RewardConfig", "RewardInput", "RewardPool", "RunResult",
     "SandboxConfig", "SandboxLimits", "SandboxUnavailable", "answer_text", "check_format",
     "code_accuracy", "extract_answer", "extract_code", "format_reward", "language_consistency",
     "last_boxed", "math_accuracy", "overlong_penalty", "parse_gold", "parse_tests", "run_python",
-    "run_tests", "score", "score_batch", "summarize", "think_text",
+    "run_tests", "score", "score_batch", "think_text",
 ]

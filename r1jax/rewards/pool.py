@@ -203,10 +203,10 @@ def score_batch(samples: Sequence[RewardInput], config: RewardConfig = RewardCon
     """Scores every sample (in ``pool`` if given, else here) and summarizes the batch."""
     runner = pool if pool is not None else RewardPool(0)
     result = runner.map(score, [(sample, config) for sample in samples])
-    return BatchScores(result.values, summarize(result, [name for name, _ in config.weights]))
+    return BatchScores(result.values, batch_metrics(result, [name for name, _ in config.weights]))
 
 
-def summarize(result: BatchResult, names: Sequence[str] = COMPONENTS) -> dict[str, float]:
+def batch_metrics(result: BatchResult, names: Sequence[str] = COMPONENTS) -> dict[str, float]:
     """Reward metrics: per component the mean over judged samples and the count not judged; the
     total's mean and count not judged; and counts of raising components, timeouts and crashes."""
     breakdowns = [b for b in result.values if b is not None]

@@ -26,16 +26,15 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import math
 import os
-import select
 import shutil
-import signal
 import subprocess
 import threading
 import time
 from typing import Mapping
+
+from r1jax.rewards import processes
 
 INSTALL_HINT = (
     "bubblewrap (the `bwrap` binary) is required to run model-written code; install it with "
@@ -175,13 +174,13 @@ def _run(source: str, stdin: str, timeout_s: float, files: dict[str, str],
     opened: list[int] = []
     start = time.monotonic()
     try:
-        data_fds = {"main.py": _memfd("main.py", source, opened)}
-        data_fds.update({name: _memfd(name, text, opened) for name, text in files.items()})
-        stdin_fd = _memfd("stdin", stdin, opened)
-        out_fd = _memfd("stdout", "", opened)
-        err_fd = _memfd("stderr", "", opened)
-        info_r, info_w = _pipe(opened)
-        ready_r, ready_w = _pipe(opened)
+        data_fds = {"main.py": processes.memfd("main.py", source, opened)}
+        data_fds.update({name: processes.memfd(name, text, opened) for name, text in files.items()})
+        stdin_fd = processes.memfd("stdin", stdin, opened)
+        out_fd = processes.memfd("stdout", "", opened)
+        err_fd = processes.memfd("stderr", "", opened)
+        info_r, info_w = processes.pipe(opened)
+        ready_r, ready_w = processes.pipe(opened)
         argv = _argv(config, mode, uid, cpu_s, data_fds, info_w, ready_w)
         user_kw = {}
         if mode == "userns" and os.geteuid() == 0:
@@ -198,16 +197,16 @@ def _run(source: str, stdin: str, timeout_s: float, files: dict[str, str],
         for fd in (info_w, ready_w):
             os.close(fd)
             opened.remove(fd)
-        timed_out = not _wait_exit(proc, timeout_s)
+        timed_out = not processes.wait_exit(proc, timeout_s)
         if timed_out:
-            _kill_group(proc.pid)
+            processes.kill_group(proc.pid)
             proc.wait()
         wall_s = time.monotonic() - start
-        pid_ns = _read_pid_namespace(info_r)
-        reaped = _reap(pid_ns) if pid_ns is not None else 0
-        started = _read_available(ready_r, 1) == b"1"
-        stdout, out_trunc = _read_capped(out_fd, limits.max_output_bytes)
-        stderr, err_trunc = _read_capped(err_fd, limits.max_output_bytes)
+        pid_ns = processes.read_pid_namespace(info_r)
+        reaped = processes.reap(pid_ns) if pid_ns is not None else 0
+        started = processes.read_available(ready_r, 1) == b"1"
+        stdout, out_trunc = processes.read_capped(out_fd, limits.max_output_bytes)
+        stderr, err_trunc = processes.read_capped(err_fd, limits.max_output_bytes)
     finally:
         for fd in opened:
             os.close(fd)
@@ -300,127 +299,3 @@ def _fresh_uid(config: SandboxConfig) -> int:
     return config.uid_base + ((os.getpid() & 0x3FFFFF) << 6 | (next(_uid_counter) & 0x3F))
 
 
-def _memfd(name: str, text: str, opened: list[int]) -> int:
-    fd = os.memfd_create(f"r1jax-sandbox-{name}", os.MFD_CLOEXEC)
-    opened.append(fd)
-    data = text.encode("utf-8", errors="surrogateescape")
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-    os.lseek(fd, 0, os.SEEK_SET)
-    return fd
-
-
-def _pipe(opened: list[int]) -> tuple[int, int]:
-    read_fd, write_fd = os.pipe()
-    opened += [read_fd, write_fd]
-    return read_fd, write_fd
-
-
-def _read_available(fd: int, limit: int) -> bytes:
-    """Reads what is already in a pipe whose writers may still be alive; never blocks."""
-    os.set_blocking(fd, False)
-    try:
-        return os.read(fd, limit)
-    except BlockingIOError:
-        return b""
-
-
-def _read_capped(fd: int, limit: int) -> tuple[str, bool]:
-    os.lseek(fd, 0, os.SEEK_SET)
-    chunks, total = [], 0
-    while total <= limit:
-        chunk = os.read(fd, min(1 << 16, limit + 1 - total))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        total += len(chunk)
-    data = b"".join(chunks)
-    return data[:limit].decode("utf-8", errors="replace"), len(data) > limit
-
-
-def _read_pid_namespace(info_fd: int) -> int | None:
-    """The pid-namespace inode bwrap reported on --info-fd, or None if it never got that far."""
-    raw = _read_available(info_fd, 1 << 16)
-    try:
-        return int(json.loads(raw.decode())["pid-namespace"])
-    except (ValueError, KeyError, UnicodeDecodeError):
-        return None
-
-
-def _wait_exit(proc: subprocess.Popen, timeout_s: float) -> bool:
-    """Waits for ``proc`` up to ``timeout_s``; True if it exited.
-
-    A pidfd wakes us the moment it exits; ``Popen.wait(timeout)`` polls with sleeps growing to 50 ms,
-    which would add tens of milliseconds to every short run.
-    """
-    try:
-        pidfd = os.pidfd_open(proc.pid)
-    except (AttributeError, OSError):
-        try:
-            proc.wait(timeout=timeout_s)
-            return True
-        except subprocess.TimeoutExpired:
-            return False
-    try:
-        poller = select.poll()
-        poller.register(pidfd, select.POLLIN)
-        deadline = time.monotonic() + timeout_s
-        while not poller.poll(max(0.0, deadline - time.monotonic()) * 1000):
-            if time.monotonic() >= deadline:
-                return False
-    finally:
-        os.close(pidfd)
-    proc.wait()
-    return True
-
-
-def _kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-def _reap(pid_ns: int, deadline_s: float = 2.0) -> int:
-    """SIGKILLs every process still in pid namespace ``pid_ns``; returns how many it found.
-
-    The kernel already kills a pid namespace when its pid 1 dies, so this normally finds nothing;
-    it exists so that "nothing left running" does not rest on that alone, and it waits (briefly)
-    until the namespace is really empty.
-    """
-    link = f"pid:[{pid_ns}]"
-    seen: set[int] = set()
-    stop = time.monotonic() + deadline_s
-    while True:
-        alive = [pid for pid in _pids() if _ns_link(pid) == link and _is_live(pid)]
-        if not alive or time.monotonic() > stop:
-            return len(seen)
-        for pid in alive:
-            seen.add(pid)
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        time.sleep(0.01)
-
-
-def _pids() -> list[int]:
-    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
-
-
-def _is_live(pid: int) -> bool:
-    """False for zombies: bwrap's pid 1 is reaped by the host's init, not by us, a moment later."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            state = f.read().rsplit(b")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in (b"Z", b"X")
-
-
-def _ns_link(pid: int) -> str | None:
-    try:
-        return os.readlink(f"/proc/{pid}/ns/pid")
-    except OSError:
-        return None

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from r1jax import models
 from r1jax.hf.config_io import load_config
 from r1jax.optim import TrainState, make_optimizer
-from r1jax.rl.run_config import GRPORunConfig
+from r1jax.rl.run_config import RunConfig as GRPORunConfig
 from r1jax.rl.step import GRPOBatch, grpo_step
 from r1jax.sharding import Sharding, make_mesh
 
@@ -160,13 +160,13 @@ def compile_for_topology(cfg: GRPORunConfig, topology: str, *, rollout: bool = T
 
 
 def _compile_rollout(cfg: GRPORunConfig, model_cfg, params, sharding: Sharding):
-    from r1jax.rollout.engine import _compiled
+    from r1jax.rollout.engine import compiled_rollout
     from r1jax.rollout.sampling import SamplingParams
     from r1jax.rollout.stops import StopCriteria
 
-    fn = _compiled(model_cfg, SamplingParams(cfg.rollout.temperature, cfg.rollout.top_p,
-                                             cfg.rollout.top_k), StopCriteria(),
-                   cfg.grpo.group_size, cfg.rollout.max_new_tokens, 0, sharding, False)
+    fn = compiled_rollout(model_cfg, SamplingParams(cfg.rollout.temperature, cfg.rollout.top_p,
+                                                    cfg.rollout.top_k), StopCriteria(),
+                          cfg.grpo.group_size, cfg.rollout.max_new_tokens, 0, sharding, False)
     prompts = (cfg.prompts_per_step, cfg.data.max_prompt_tokens)
     prompt_sh = sharding.named(("batch", "length"), prompts)
     ids = jax.ShapeDtypeStruct(prompts, jnp.int32, sharding=prompt_sh)

@@ -18,8 +18,11 @@ from r1jax.sharding import Sharding, constrain
 _PALLAS = ("pallas_tpu", "pallas_gpu")
 
 
-def _token_logprobs(hidden_NxD, lm_head_DxV, targets_N, *, temperature, return_entropy, impl,
-                    sharding: Sharding | None):
+def sharded_token_logprobs(hidden_NxD, lm_head_DxV, targets_N, *, temperature, return_entropy,
+                           impl, sharding: Sharding | None):
+    """``kernels.token_logprobs`` over flat tokens, placed on ``sharding``'s mesh: the one wrapper
+    that every caller (GRPO and SFT log-probs) goes through. Returns ``(logp_N, entropy_N or
+    None)``."""
     call = functools.partial(kernels.token_logprobs, temperature=temperature,
                              return_entropy=return_entropy, impl=impl)
     if sharding is None or impl not in _PALLAS:
@@ -56,7 +59,7 @@ def completion_logprobs(model_cfg: models.ModelConfig, params, tokens_BxL, atten
     hidden_BxTxD = out.hidden_BxLxD[:, length - 1 - completion_length:]
     hidden_BxTxD = constrain(hidden_BxTxD, ("batch", "length", "act_embed"), sharding)
     targets_BxT = tokens_BxL[:, length - completion_length:]
-    logp_N, entropy_N = _token_logprobs(
+    logp_N, entropy_N = sharded_token_logprobs(
         hidden_BxTxD.reshape(batch * completion_length, -1), out.lm_head_DxV,
         targets_BxT.reshape(-1), temperature=temperature, return_entropy=return_entropy,
         impl=impl, sharding=sharding)

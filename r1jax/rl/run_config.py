@@ -1,32 +1,19 @@
 """A whole GRPO run's settings: what experiments/*.py describe, validated at start-up.
 
-``GRPORunConfig.from_config(config)`` is the boundary: every key of the ConfigDict must be a field
-here (typos fail with the full path), and cross-field checks name the field and the fix.
+``r1jax.configdict.from_config(RunConfig, config)`` is the boundary: every key of the ConfigDict
+must be a field here (typos fail with the full path), and cross-field checks name the field and
+the fix.
 """
 from __future__ import annotations
 
 import dataclasses
 from typing import Mapping
 
-from r1jax.configdict import ConfigError, from_config
+from r1jax.completions import SamplingRequest
 from r1jax.data.sources import DataSource
-from r1jax.distributed import DistributedConfig
 from r1jax.policy import ModelSource
 from r1jax.rl.config import GRPOConfig
 from r1jax.sharding import MeshSettings
-
-
-@dataclasses.dataclass(frozen=True)
-class RolloutSettings:
-    max_new_tokens: int = 64
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    stop_strings: tuple[str, ...] = ("</answer>",)
-
-    def __post_init__(self):
-        if self.max_new_tokens < 1:
-            raise ValueError(f"rollout.max_new_tokens must be >= 1, got {self.max_new_tokens}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +31,7 @@ class RewardSettings:
 
 
 @dataclasses.dataclass(frozen=True)
-class EvalSettings:
+class HeldOutEval:
     """Held-out evaluation every ``every`` steps (and before the first and after the last)."""
 
     every: int = 50
@@ -72,7 +59,7 @@ class LoggingSettings:
 
 
 @dataclasses.dataclass(frozen=True)
-class GRPORunConfig:
+class RunConfig:
     job: str
     steps: int
     prompts_per_step: int
@@ -80,14 +67,13 @@ class GRPORunConfig:
     seed: int = 0
     name: str = "grpo"
     data: DataSource = DataSource()
-    rollout: RolloutSettings = RolloutSettings()
+    rollout: SamplingRequest = SamplingRequest(max_new_tokens=64, stop_strings=("</answer>",))
     grpo: GRPOConfig = GRPOConfig()
     rewards: RewardSettings = RewardSettings()
-    eval: EvalSettings = EvalSettings()
+    eval: HeldOutEval = HeldOutEval()
     checkpoint: CheckpointSettings = CheckpointSettings()
     logging: LoggingSettings = LoggingSettings()
     mesh: MeshSettings = MeshSettings()
-    distributed: DistributedConfig = DistributedConfig()
     dynamic_sampling: bool = False  # DAPO: refill groups whose rewards are all equal
     max_refills: int = 4
     # Stop training once this many seconds have passed (for equal-time comparisons); ``steps``
@@ -116,12 +102,3 @@ class GRPORunConfig:
             raise ValueError(
                 f"grpo.temperature ({self.grpo.temperature}) must equal rollout.temperature "
                 f"({self.rollout.temperature}): log-probs are of the distribution sampled from")
-
-    @classmethod
-    def from_config(cls, config) -> "GRPORunConfig":
-        try:
-            return from_config(cls, config)
-        except ConfigError:
-            raise
-        except ValueError as e:
-            raise ConfigError(str(e)) from None

@@ -1,7 +1,8 @@
 """Train a preference reward model (job ``reward_model``) and export it for GRPO.
 
 Pairs come from a JSONL file or the synthetic instruction set; each epoch visits them in a seeded
-order (the sampler's position is checkpointed, so a run resumes exactly). The export directory holds
+order (the sampler's position is checkpointed, so a run resumes exactly; the run skeleton,
+``r1jax.training_run``, gives it SIGTERM saves and finished-run detection). The export directory holds
 the backbone in Hugging Face format, ``reward_head.safetensors`` and the tokenizer;
 ``r1jax.rm.RewardModelScorer`` loads it.
 """
@@ -13,20 +14,17 @@ import os
 import jax
 import numpy as np
 from safetensors.numpy import save_file
-from tqdm import tqdm
 
-from r1jax import distributed
-from r1jax.checkpoint import Checkpointer, run_guard
-from r1jax.configdict import ConfigError, from_config
+from r1jax import training_run
 from r1jax.data import Sampler, SamplerState
 from r1jax.data.preferences import KINDS, PreferencePair, load_pairs, synthetic_pairs
 from r1jax.metrics import EVAL_FILE, MetricsWriter
 from r1jax.optim import OptimConfig, init_train_state, make_optimizer
-from r1jax.policy import ModelSource, export_policy, load_policy
+from r1jax.policy import ModelSource, export_policy
 from r1jax.rm.encode import encode_pairs
 from r1jax.rm.model import model_params
 from r1jax.rm.step import eval_pairs, make_rm_step
-from r1jax.sharding import MeshSettings, Sharding, make_mesh
+from r1jax.sharding import MeshSettings
 
 HEAD_FILE = "reward_head.safetensors"
 
@@ -45,7 +43,7 @@ class PairData:
 
 
 @dataclasses.dataclass(frozen=True)
-class RMRunConfig:
+class RunConfig:
     job: str
     model: ModelSource
     name: str = "reward_model"
@@ -57,6 +55,8 @@ class RMRunConfig:
     num_microbatches: int = 1
     eval_every: int = 50
     checkpoint_every: int = 100
+    max_to_keep: int = 2
+    time_budget_s: float | None = None
     tensorboard: bool = False
     progress_bar: bool = True
     mesh: MeshSettings = MeshSettings()
@@ -77,28 +77,24 @@ def _pairs(data: PairData, split: str) -> list[PreferencePair]:
     return load_pairs(name)[:count]
 
 
-def run(config, workdir: str) -> dict:
-    try:
-        cfg = from_config(RMRunConfig, config)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    sharding = Sharding(make_mesh(dataclasses.asdict(cfg.mesh)))
-    model_cfg, backbone, tokenizer = load_policy(cfg.model, sharding)
+def run(cfg: RunConfig, workdir: str) -> dict:
+    done = training_run.finished(workdir, cfg)
+    if done is not None:
+        return done
+    sharding, model_cfg, backbone, tokenizer = training_run.start(workdir, cfg, cfg.model,
+                                                                  cfg.mesh)
     train, test = _pairs(cfg.data, "train"), _pairs(cfg.data, "test")
     test_batch = encode_pairs(tokenizer, test, cfg.data.max_tokens)
     optimizer = make_optimizer(cfg.optim)
-    state = init_train_state(model_params(backbone, model_cfg), optimizer)
-    sampler, position = Sampler(len(train), seed=cfg.seed), SamplerState()
+    sampler = Sampler(len(train), seed=cfg.seed)
     steps = cfg.epochs * (len(train) // cfg.batch_pairs)
     if steps < 1:
         raise ValueError(f"{len(train)} pairs make no batch of batch_pairs={cfg.batch_pairs}")
-
-    run_guard(workdir, cfg)
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=2)
-    start = checkpointer.latest_step() or 0
-    if start:
-        arrays, meta = checkpointer.restore(start, {"state": state})
-        state, position = arrays["state"], sampler.restore(meta["sampler"])
+    checkpointer = training_run.open_checkpoints(workdir, cfg.max_to_keep)
+    start, arrays, meta = training_run.resume(
+        checkpointer, {"state": init_train_state(model_params(backbone, model_cfg), optimizer)})
+    state = arrays["state"]
+    position = sampler.restore(meta["sampler"]) if meta else SamplerState()
     writer = MetricsWriter(workdir, tensorboard=cfg.tensorboard, resume_step=start or None)
     step_fn = make_rm_step(model_cfg, optimizer, cfg.num_microbatches, sharding)
 
@@ -110,28 +106,37 @@ def run(config, workdir: str) -> dict:
         return metrics
 
     initial = evaluate(0) if start == 0 else None
-    bar = tqdm(total=steps, initial=start, desc=cfg.name,
-               disable=not (cfg.progress_bar and distributed.is_main_process()))
-    for step in range(start, steps):
-        indices, position = sampler.take(position, cfg.batch_pairs)
-        batch = encode_pairs(tokenizer, [train[int(i)] for i in indices], cfg.data.max_tokens)
-        state, metrics = step_fn(state, batch)
-        writer.write(step + 1, jax.tree.map(float, metrics))
-        bar.update(1)
-        bar.set_postfix(loss=f"{float(metrics['loss']):.3f}",
-                        acc=f"{float(metrics['accuracy']):.2f}")
-        if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < steps:
-            evaluate(step + 1)
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == steps:
-            checkpointer.save(step + 1, {"state": state},
-                              {"sampler": sampler.state_dict(position)})
+    bar = training_run.progress(steps, start, cfg.name, cfg.progress_bar)
+    step = start - 1
+    with training_run.Stopper(cfg.time_budget_s) as stopper:
+        for step in range(start, steps):
+            indices, position = sampler.take(position, cfg.batch_pairs)
+            batch = encode_pairs(tokenizer, [train[int(i)] for i in indices], cfg.data.max_tokens)
+            state, metrics = step_fn(state, batch)
+            writer.write(step + 1, jax.tree.map(float, metrics))
+            bar.update(1)
+            bar.set_postfix(loss=f"{float(metrics['loss']):.3f}",
+                            acc=f"{float(metrics['accuracy']):.2f}")
+            if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < steps:
+                evaluate(step + 1)
+            stop = stopper.should_stop()
+            if stop or training_run.checkpoint_due(step + 1, steps, cfg.checkpoint_every):
+                checkpointer.save(step + 1, {"state": state},
+                                  {"sampler": sampler.state_dict(position)}, force=stop)
+            if stop:
+                break
     bar.close()
     checkpointer.close()
-    final = evaluate(steps)
+    if stopper.preempted:
+        writer.close()
+        return {"preempted_at": step + 1}
+    final = evaluate(step + 1)
     export = os.path.join(workdir, "export")
     export_reward_model(export, model_cfg, state.params, tokenizer)
     writer.close()
-    return {"name": cfg.name, "initial": initial, "final": final, "export": export}
+    return training_run.write_summary(workdir, cfg, {
+        "name": cfg.name, "steps": step + 1, "train_seconds": round(stopper.elapsed_s, 1),
+        "initial": initial, "final": final, "export": export})
 
 
 def export_reward_model(path: str, model_cfg, params, tokenizer) -> None:

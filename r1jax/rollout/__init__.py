@@ -6,8 +6,8 @@ from r1jax.rollout.engine import (
     cut_at_stop_strings,
     generate,
 )
-from r1jax.rollout.sampling import SamplingParams, filter_logits, sample
+from r1jax.rollout.sampling import SamplingParams, sample
 from r1jax.rollout.stops import StopCriteria
 
 __all__ = ["DEFAULT_PROMPT_BUCKETS", "Rollout", "SamplingParams", "StopCriteria", "bucket_length",
-           "cut_at_stop_strings", "filter_logits", "generate", "sample"]
+           "cut_at_stop_strings", "generate", "sample"]

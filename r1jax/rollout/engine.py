@@ -11,9 +11,9 @@ each shard of prompts decodes in a loop of its own (``shard_map``) that stops wh
 so the shards never synchronize per step and CPU devices decode in parallel (the Tunix rollout
 work over two CPU devices: 7.8 ms instead of 10.3 ms on one).
 
-On CPU the loop runs ``r1jax.rollout.decode.decode_step`` (weights re-laid out once per call) in
-a few segments whose caches grow to just the slots each segment needs (``decode_segments``);
-elsewhere it runs ``models.forward`` with the full-length cache.
+On CPU the loop runs the model's one-token ``r1jax.models.decode.decode_step`` (weights re-laid
+out once per call) in a few segments whose caches grow to just the slots each segment needs
+(``decode_segments``); elsewhere it runs ``models.forward`` with the full-length cache.
 """
 from __future__ import annotations
 
@@ -27,9 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from r1jax import models
-from r1jax.models import ModelConfig
+from r1jax.models import ModelConfig, decode
 from r1jax.models.layers import rope_tables
-from r1jax.rollout import decode
 from r1jax.rollout.sampling import SamplingParams, sample_with_uniform
 from r1jax.rollout.stops import StopCriteria, stop_string_cut
 from r1jax.sharding import Sharding, constrain
@@ -80,8 +79,9 @@ def decode_segments(max_new_tokens: int, min_steps: int = 32, max_segments: int 
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled(cfg: ModelConfig, sampling: SamplingParams, stops: StopCriteria, group_size: int,
-              max_new_tokens: int, pad_id: int, sharding: Sharding | None, unstack: bool):
+def compiled_rollout(cfg: ModelConfig, sampling: SamplingParams, stops: StopCriteria,
+                     group_size: int, max_new_tokens: int, pad_id: int, sharding: Sharding | None,
+                     unstack: bool):
     """One jitted program per static setting (shapes add their own compile-cache entries).
 
     ``unstack``: decode with ``decode.decode_step`` on weights re-laid out once per call (CPU);
@@ -285,7 +285,7 @@ def generate(
     ``tokenizer`` (to encode them for early stopping and to cut completions on the host).
     ``max_cache_length`` (default: the model's ``max_position_embeddings``) bounds prompt + new tokens.
     ``unstack_params`` re-lays the weights out once per call for the lean CPU decode step
-    (``r1jax.rollout.decode``: layers split, q/k/v and gate/up fused) instead of decoding with
+    (``r1jax.models.decode``: layers split, q/k/v and gate/up fused) instead of decoding with
     ``models.forward`` (default: on CPU only; it holds a second copy of the weights during the
     call). Both give the same samples up to float rounding.
     """
@@ -313,8 +313,8 @@ def generate(
     if unstack_params is None:
         # On CPU every op of the loop is a kernel call; accelerators fuse the per-step slices.
         unstack_params = jax.default_backend() == "cpu"
-    fn = _compiled(model_config, sampling, stops, int(group_size), int(max_new_tokens),
-                   int(pad_id), sharding, bool(unstack_params))
+    fn = compiled_rollout(model_config, sampling, stops, int(group_size), int(max_new_tokens),
+                          int(pad_id), sharding, bool(unstack_params))
     tokens, lengths, comp_mask, logprobs, stopped, steps = fn(params, ids_j, mask_j, rng)
     rollout = Rollout(tokens, lengths, comp_mask, logprobs, stopped, ids_j, mask_j, steps)
     if stop_strings:

@@ -75,13 +75,6 @@ def nucleus_mask(weights_BxV: jax.Array, params: SamplingParams) -> jax.Array:
     return keep_BxV
 
 
-def filter_logits(logits_BxV: jax.Array, params: SamplingParams) -> jax.Array:
-    """Temperature-scaled logits with tokens outside the top-k / top-p set at -inf."""
-    scaled_BxV = logits_BxV.astype(jnp.float32) / max(params.temperature, 1e-6)
-    weights_BxV = jnp.exp(scaled_BxV - jnp.max(scaled_BxV, axis=-1, keepdims=True))
-    return jnp.where(nucleus_mask(weights_BxV, params), scaled_BxV, -jnp.inf)
-
-
 def cdf_block(vocab: int) -> int:
     """Tokens per block of the two-level cumulative sum: the power of two at or above sqrt(V)
     (32 for V = 512, 512 for Qwen's 151,936), so both levels are short scans — XLA:CPU computes

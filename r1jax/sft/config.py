@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from r1jax.rl.config import OptimConfig
+from r1jax.optim import OptimConfig
 
 # DeepSeek-R1's SFT: cosine decay from 5e-5 to 5e-6 (final_lr_fraction 0.1).
 PAPER_OPTIM = OptimConfig(learning_rate=5e-5, schedule="cosine", final_lr_fraction=0.1,

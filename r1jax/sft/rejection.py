@@ -16,31 +16,34 @@ import json
 import os
 
 import jax
-import numpy as np
-from tqdm import tqdm
 
-from r1jax import distributed, rollout
-from r1jax.configdict import ConfigError, from_config
+from r1jax import completions, training_run
+from r1jax.completions import SamplingRequest
 from r1jax.data import get_template
 from r1jax.data.sources import DataSource, load_problems
-from r1jax.policy import ModelSource, load_policy
-from r1jax.rewards import check_format, think_text
-from r1jax.rewards.combine import RewardConfig, RewardInput
+from r1jax.policy import ModelSource
+from r1jax.rewards import RewardConfig, RewardPool, check_format, think_text
 from r1jax.rewards.language import language_consistency, word_scripts
-from r1jax.rewards.pool import RewardPool, score_batch
-from r1jax.sharding import MeshSettings, Sharding, make_mesh
+from r1jax.sharding import MeshSettings
 
 DATA_FILE, STATS_FILE = "data.jsonl", "stats.json"
 
 
 @dataclasses.dataclass(frozen=True)
 class SampleSettings:
+    """``num_samples`` completions per prompt, ``batch_prompts`` prompts per call."""
+
     num_samples: int = 4
     temperature: float = 0.7
     top_p: float = 0.95
     max_new_tokens: int = 128
     batch_prompts: int = 32
     stop_strings: tuple[str, ...] = ("</answer>",)
+
+    @property
+    def request(self) -> SamplingRequest:
+        return SamplingRequest(max_new_tokens=self.max_new_tokens, temperature=self.temperature,
+                               top_p=self.top_p, stop_strings=self.stop_strings)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +57,7 @@ class FilterSettings:
 
 
 @dataclasses.dataclass(frozen=True)
-class TraceRunConfig:
+class RunConfig:
     job: str
     model: ModelSource
     output_dir: str
@@ -93,65 +96,29 @@ def keep_reason(text: str, num_tokens: int, correct: float | None, general: bool
     return None
 
 
-def run(config, workdir: str) -> dict:
-    try:
-        cfg = from_config(TraceRunConfig, config)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+def run(cfg: RunConfig, workdir: str) -> dict:
+    done = training_run.finished(workdir, cfg)
+    if done is not None:
+        return done
     out_dir = cfg.output_dir or os.path.join(workdir, "traces")
-    if os.path.isfile(os.path.join(out_dir, STATS_FILE)):
-        with open(os.path.join(out_dir, STATS_FILE), encoding="utf-8") as f:
-            return json.load(f)  # this stage already finished
-    sharding = Sharding(make_mesh(dataclasses.asdict(cfg.mesh)))
-    model_cfg, params, tokenizer = load_policy(cfg.model, sharding)
+    sharding, model_cfg, params, tokenizer = training_run.start(workdir, cfg, cfg.model, cfg.mesh)
     problems = list(load_problems(cfg.data, cfg.split))
     template = get_template(cfg.data.template)
     reward_cfg = RewardConfig.from_mapping({"accuracy": 1.0})
     s = cfg.sampling
-    stop_ids = [tokenizer.eos_id] if tokenizer.eos_id is not None else []
     counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     kept_rows = []
     key = jax.random.key(cfg.seed)
     with RewardPool(cfg.reward_workers) as pool:
-        bar = tqdm(total=len(problems), desc=cfg.name,
-                   disable=not (cfg.progress_bar and distributed.is_main_process()))
+        bar = training_run.progress(len(problems), 0, cfg.name, cfg.progress_bar)
         for b, start in enumerate(range(0, len(problems), s.batch_prompts)):
             batch = problems[start:start + s.batch_prompts]
-            prompts = [template.render(p.question) for p in batch]
-            out = rollout.generate(
-                params, model_cfg, [tokenizer.encode(t) for t in prompts],
-                rng=jax.random.fold_in(key, b), max_new_tokens=s.max_new_tokens,
-                group_size=s.num_samples, temperature=s.temperature, top_p=s.top_p,
-                stop_ids=stop_ids, stop_strings=s.stop_strings, tokenizer=tokenizer,
-                pad_id=tokenizer.pad_id, sharding=sharding)
-            tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
-            texts = [tokenizer.decode(tokens[i, :lengths[i]].tolist())
-                     for i in range(len(tokens))]
-            scores = score_batch([RewardInput.from_problem(batch[i // s.num_samples], t)
-                                  for i, t in enumerate(texts)], reward_cfg, pool)
-            for p_index, problem in enumerate(batch):
-                task = problem.source.split(":seed")[0] or "data"
-                seen: set[str] = set()
-                for g in range(s.num_samples):
-                    row = p_index * s.num_samples + g
-                    breakdown = scores.breakdowns[row]
-                    correct = None if breakdown is None else breakdown.components.get("accuracy")
-                    reason = keep_reason(texts[row], int(lengths[row]), correct, problem.general,
-                                         problem.language or "en", cfg.filters)
-                    counts[task]["generated"] += 1
-                    if reason is None and texts[row] in seen:
-                        reason = "duplicate"
-                    if reason is None and cfg.filters.max_per_prompt and \
-                            len(seen) >= cfg.filters.max_per_prompt:
-                        reason = "per_prompt_limit"
-                    if reason is not None:
-                        counts[task][reason] += 1
-                        continue
-                    seen.add(texts[row])
-                    counts[task]["kept"] += 1
-                    kept_rows.append({"id": problem.id, "question": problem.question,
-                                      "prompt": prompts[p_index], "response": texts[row],
-                                      "source": problem.source})
+            done = completions.complete(
+                params, model_cfg, tokenizer, completions.encode_prompts(tokenizer, template, batch),
+                s.request, group_size=s.num_samples, rng=jax.random.fold_in(key, b),
+                problems=batch, reward_config=reward_cfg, pool=pool, sharding=sharding)
+            kept_rows += _keep(cfg, batch, [template.render(p.question) for p in batch], done,
+                               counts)
             bar.update(len(batch))
             bar.set_postfix(kept=sum(c["kept"] for c in counts.values()))
         bar.close()
@@ -160,7 +127,7 @@ def run(config, workdir: str) -> dict:
              "generated": sum(c["generated"] for c in counts.values()),
              "kept": len(kept_rows), "output": os.path.join(out_dir, DATA_FILE)}
     stats["acceptance"] = stats["kept"] / max(stats["generated"], 1)
-    if distributed.is_main_process():
+    if jax.process_index() == 0:
         os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, DATA_FILE), "w", encoding="utf-8") as f:
             for row in kept_rows:
@@ -168,5 +135,36 @@ def run(config, workdir: str) -> dict:
         tmp = os.path.join(out_dir, STATS_FILE + ".tmp")
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(stats, f, indent=2)
-        os.replace(tmp, os.path.join(out_dir, STATS_FILE))  # written last: marks the stage done
-    return stats
+        os.replace(tmp, os.path.join(out_dir, STATS_FILE))
+    return training_run.write_summary(workdir, cfg, stats)
+
+
+def _keep(cfg: RunConfig, batch, prompts: list[str], done: completions.Completions,
+          counts) -> list[dict]:
+    """The rows of ``batch``'s completions that pass the filters; ``counts`` per task and reason."""
+    k = cfg.sampling.num_samples
+    kept = []
+    for p_index, problem in enumerate(batch):
+        task = problem.source.split(":seed")[0] or "data"
+        seen: set[str] = set()
+        for g in range(k):
+            row = p_index * k + g
+            text = done.texts[row]
+            breakdown = done.scores.breakdowns[row]
+            correct = None if breakdown is None else breakdown.components.get("accuracy")
+            reason = keep_reason(text, int(done.lengths_B[row]), correct, problem.general,
+                                 problem.language or "en", cfg.filters)
+            counts[task]["generated"] += 1
+            if reason is None and text in seen:
+                reason = "duplicate"
+            if reason is None and cfg.filters.max_per_prompt and \
+                    len(seen) >= cfg.filters.max_per_prompt:
+                reason = "per_prompt_limit"
+            if reason is not None:
+                counts[task][reason] += 1
+                continue
+            seen.add(text)
+            counts[task]["kept"] += 1
+            kept.append({"id": problem.id, "question": problem.question,
+                         "prompt": prompts[p_index], "response": text, "source": problem.source})
+    return kept

@@ -59,7 +59,7 @@ def token_logprobs(model_cfg: models.ModelConfig, params, batch: SFTBatch, *, im
     """``log π(targets_BxL)`` at every position (float32 ``[B, L]``; meaningless where the loss
     weight is 0)."""
     hidden_NxD, lm_head_DxV = _hidden(model_cfg, params, batch, sharding)
-    logp_N, _ = rl_logprobs._token_logprobs(  # noqa: SLF001  (the one sharded wrapper)
+    logp_N, _ = rl_logprobs.sharded_token_logprobs(
         hidden_NxD, lm_head_DxV, batch.targets_BxL.reshape(-1), temperature=1.0,
         return_entropy=False, impl=impl, sharding=sharding)
     return logp_N.reshape(batch.tokens_BxL.shape)
@@ -80,7 +80,7 @@ def weighted_logprob_sum(model_cfg, params, batch: SFTBatch, *, impl="auto", sha
         hidden_NxD, targets_N = hidden_NxD[index_K], targets_N[index_K]
         weights_N = jnp.where(valid_K, weights_N[index_K], 0.0)
         dropped = jnp.maximum(count - max_loss_tokens, 0)
-    logp_N, _ = rl_logprobs._token_logprobs(  # noqa: SLF001
+    logp_N, _ = rl_logprobs.sharded_token_logprobs(
         hidden_NxD, lm_head_DxV, targets_N, temperature=1.0, return_entropy=False, impl=impl,
         sharding=sharding)
     return jnp.sum(weights_N * logp_N), dropped

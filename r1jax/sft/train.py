@@ -2,34 +2,28 @@
 
 Examples are tokenized (prompt, then response and EOS), packed into fixed-length rows with the loss
 on response tokens only, and visited in a seeded order per epoch; the learning rate follows the
-configured schedule (DeepSeek-R1: cosine from 5e-5 to 5e-6). Checkpoints, exact resume and metrics
-are those of the GRPO trainer; a finished run is not run again (its ``summary.json`` stands).
+configured schedule (DeepSeek-R1: cosine from 5e-5 to 5e-6). The run skeleton
+(``r1jax.training_run``) gives it checkpoints, exact resume, SIGTERM saves and the time budget; a
+finished run is not run again (its ``summary.json`` stands).
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import time
 
 import jax
 import numpy as np
-from tqdm import tqdm
 
-from r1jax import distributed
-from r1jax.checkpoint import Checkpointer, run_guard
-from r1jax.configdict import ConfigError, from_config, to_dict
+from r1jax import training_run
 from r1jax.data import Sampler, SamplerState
 from r1jax.metrics import EVAL_FILE, MetricsWriter
 from r1jax.optim import init_train_state, make_optimizer
-from r1jax.policy import ModelSource, export_policy, load_policy
+from r1jax.policy import ModelSource, export_policy
 from r1jax.sft.config import SFTConfig
 from r1jax.sft.data import load_examples
 from r1jax.sft.packing import iterate_batches, pack_examples
 from r1jax.sft.step import SFTBatch, eval_loss, make_sft_step
-from r1jax.sharding import MeshSettings, Sharding, make_mesh
-
-SUMMARY_FILE = "summary.json"
+from r1jax.sharding import MeshSettings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +41,7 @@ class SFTData:
 
 
 @dataclasses.dataclass(frozen=True)
-class SFTRunConfig:
+class RunConfig:
     job: str
     model: ModelSource
     data: SFTData
@@ -85,24 +79,12 @@ def _rows(tokenizer, examples, seq_len: int, source: str):
     return rows, len(pairs) - len(fitting)
 
 
-def run(config, workdir: str) -> dict:
-    try:
-        cfg = from_config(SFTRunConfig, config)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    summary_path = os.path.join(workdir, SUMMARY_FILE)
-    if os.path.isfile(summary_path):
-        with open(summary_path, encoding="utf-8") as f:
-            return json.load(f)
-    sharding = Sharding(make_mesh(dataclasses.asdict(cfg.mesh)))
-    model_cfg, params, tokenizer = load_policy(cfg.model, sharding)
-    d = cfg.data
-    kwargs = dict(template=d.template, count=d.synthetic_count, difficulty=d.difficulty,
-                  seed=d.seed)
-    examples = load_examples(d.train, **kwargs)[:d.max_examples]
-    rows, dropped = _rows(tokenizer, examples, d.seq_len, d.train)
-    test_rows = _rows(tokenizer, load_examples(d.test, **kwargs), d.seq_len, d.test)[0] \
-        if d.test else None
+def run(cfg: RunConfig, workdir: str) -> dict:
+    done = training_run.finished(workdir, cfg)
+    if done is not None:
+        return done
+    sharding, model_cfg, params, tokenizer = training_run.start(workdir, cfg, cfg.model, cfg.mesh)
+    examples, rows, dropped, test_rows = _data(cfg, tokenizer)
     per_epoch = rows.num_rows // cfg.batch_rows
     if per_epoch < 1:
         raise ValueError(f"{len(examples)} examples pack into {rows.num_rows} rows, fewer than "
@@ -112,66 +94,77 @@ def run(config, workdir: str) -> dict:
     if optim.schedule == "cosine":  # the decay spans the run, whatever its length turns out to be
         optim = dataclasses.replace(optim, total_steps=max(steps, optim.warmup_steps + 1))
     optimizer = make_optimizer(optim)
-    state = init_train_state(params, optimizer)
-    sampler, position = Sampler(rows.num_rows, seed=cfg.seed), SamplerState()
-
-    run_guard(workdir, cfg)
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=cfg.max_to_keep)
-    start = checkpointer.latest_step() or 0
-    if start:
-        arrays, meta = checkpointer.restore(start, {"state": state})
-        state, position = arrays["state"], sampler.restore(meta["sampler"])
+    sampler = Sampler(rows.num_rows, seed=cfg.seed)
+    checkpointer = training_run.open_checkpoints(workdir, cfg.max_to_keep)
+    start, arrays, meta = training_run.resume(
+        checkpointer, {"state": init_train_state(params, optimizer)})
+    state = arrays["state"]
+    position = sampler.restore(meta["sampler"]) if meta else SamplerState()
     writer = MetricsWriter(workdir, tensorboard=cfg.tensorboard, resume_step=start or None)
     step_fn = make_sft_step(cfg.sft, model_cfg, optimizer, state, sharding)
 
     def evaluate(step):
         if test_rows is None:
             return None
-        total, weight = 0.0, 0.0
-        for batch in iterate_batches(test_rows, cfg.batch_rows, pad_id=tokenizer.pad_id):
-            loss_sum, w = eval_loss(state.params, SFTBatch.from_rows(batch), model_cfg=model_cfg,
-                                    impl=cfg.sft.logprob_impl, sharding=sharding)
-            total, weight = total + float(loss_sum), weight + float(w)
-        metrics = {"loss": total / max(weight, 1.0)}
+        metrics = {"loss": heldout_loss(state.params, test_rows, cfg, model_cfg, tokenizer,
+                                        sharding)}
         writer.write(step, metrics, EVAL_FILE, prefix="eval/")
         return metrics
 
     initial = evaluate(0) if start == 0 else None
-    bar = tqdm(total=steps, initial=start, desc=cfg.name,
-               disable=not (cfg.progress_bar and distributed.is_main_process()))
-    loop_start = time.perf_counter()
-    for step in range(start, steps):
-        indices, position = sampler.take(position, cfg.batch_rows)
-        state, metrics = step_fn(state, SFTBatch.from_rows(_select(rows, np.asarray(indices))))
-        metrics = jax.tree.map(float, metrics)
-        writer.write(step + 1, {**metrics, "epoch": step // per_epoch})
-        bar.update(1)
-        bar.set_postfix(loss=f"{metrics['loss']:.3f}")
-        if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < steps:
-            evaluate(step + 1)
-        out_of_time = bool(cfg.time_budget_s) and \
-            time.perf_counter() - loop_start >= cfg.time_budget_s
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == steps or out_of_time:
-            checkpointer.save(step + 1, {"state": state},
-                              {"sampler": sampler.state_dict(position)})
-        if out_of_time:
-            steps = step + 1
-            break
-    train_seconds = time.perf_counter() - loop_start
+    bar = training_run.progress(steps, start, cfg.name, cfg.progress_bar)
+    step = start - 1
+    with training_run.Stopper(cfg.time_budget_s) as stopper:
+        for step in range(start, steps):
+            indices, position = sampler.take(position, cfg.batch_rows)
+            state, metrics = step_fn(state, SFTBatch.from_rows(_select(rows, np.asarray(indices))))
+            metrics = jax.tree.map(float, metrics)
+            writer.write(step + 1, {**metrics, "epoch": step // per_epoch})
+            bar.update(1)
+            bar.set_postfix(loss=f"{metrics['loss']:.3f}")
+            if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < steps:
+                evaluate(step + 1)
+            stop = stopper.should_stop()
+            if stop or training_run.checkpoint_due(step + 1, steps, cfg.checkpoint_every):
+                checkpointer.save(step + 1, {"state": state},
+                                  {"sampler": sampler.state_dict(position)}, force=stop)
+            if stop:
+                break
     bar.close()
     checkpointer.close()
-    final = evaluate(steps)
+    if stopper.preempted:
+        writer.close()
+        return {"preempted_at": step + 1}
+    final = evaluate(step + 1)
     export = cfg.output_dir or os.path.join(workdir, "export")
     export_policy(export, model_cfg, state.params, tokenizer)
-    summary = {"name": cfg.name, "examples": len(examples), "too_long": dropped,
-               "rows": rows.num_rows, "steps": steps,
-               "train_seconds": round(train_seconds, 1), "initial": initial, "final": final, "export": export,
-               "config": to_dict(cfg)}
     writer.close()
-    if distributed.is_main_process():
-        with open(summary_path, "w", encoding="utf-8") as f:
-            json.dump(summary, f, indent=2, default=str)
-    return summary
+    return training_run.write_summary(workdir, cfg, {
+        "name": cfg.name, "examples": len(examples), "too_long": dropped, "rows": rows.num_rows,
+        "steps": step + 1, "train_seconds": round(stopper.elapsed_s, 1), "initial": initial,
+        "final": final, "export": export})
+
+
+def _data(cfg: RunConfig, tokenizer):
+    """The training examples, their packed rows, how many were too long, and the test rows."""
+    d = cfg.data
+    kwargs = dict(template=d.template, count=d.synthetic_count, difficulty=d.difficulty,
+                  seed=d.seed)
+    examples = load_examples(d.train, **kwargs)[:d.max_examples]
+    rows, dropped = _rows(tokenizer, examples, d.seq_len, d.train)
+    test_rows = _rows(tokenizer, load_examples(d.test, **kwargs), d.seq_len, d.test)[0] \
+        if d.test else None
+    return examples, rows, dropped, test_rows
+
+
+def heldout_loss(params, test_rows, cfg: RunConfig, model_cfg, tokenizer, sharding) -> float:
+    """The response tokens' mean negative log-likelihood over the test rows."""
+    total, weight = 0.0, 0.0
+    for batch in iterate_batches(test_rows, cfg.batch_rows, pad_id=tokenizer.pad_id):
+        loss_sum, w = eval_loss(params, SFTBatch.from_rows(batch), model_cfg=model_cfg,
+                                impl=cfg.sft.logprob_impl, sharding=sharding)
+        total, weight = total + float(loss_sum), weight + float(w)
+    return total / max(weight, 1.0)
 
 
 def _select(rows, indices: np.ndarray):

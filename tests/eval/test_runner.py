@@ -10,13 +10,23 @@ import shutil
 
 import pytest
 
-from r1jax.eval import ConfigError, EvalSettings, RunConfig, read_records, run, summarize
+from r1jax.configdict import from_config
+from r1jax.eval import ConfigError, EvalSettings, RunConfig, read_records, summarize
 from r1jax.eval import runner
 from r1jax.eval.report import json_safe
 
 FORMATS = ("aime", "gsm8k", "math500")  # the 3-problem files of conftest.jsonl_files
 
 TINY = dict(num_samples=2, max_new_tokens=8, batch_size=3, reward_workers=0, progress=False)
+
+
+def run(block, workdir):
+    """The ``eval`` job on ``block`` (the config's ``eval`` settings), as ``launch/run.py`` runs it."""
+    return runner.run(_config(block), workdir)
+
+
+def _config(block):
+    return from_config(RunConfig, {"job": "eval", "eval": block})
 
 
 def _files(out):
@@ -141,21 +151,21 @@ def test_checkpoint_errors(tiny_checkpoint, tmp_path):
     (dict(ckpt=""), "eval.ckpt is required"),
     (dict(bench="aime24"), "eval.bench 'aime24' is neither a benchmark"),
     (dict(format="aime"), "eval.format='aime' applies to a .jsonl path"),
-    (dict(num_samples="8"), "eval.num_samples: bad value '8'"),
+    (dict(num_samples="8"), "eval.num_samples: expected an integer, got '8'"),
     (dict(pass_k=(1, 64)), r"eval.pass_k \[64\] must lie in \[1, num_samples=2\]"),
     (dict(dtype="int8"), "eval.dtype 'int8'"),
     (dict(mesh={"model": 2}), "eval.mesh names axes"),
-    (dict(temperture=0.6), "eval.temperture is not an evaluation setting"),
+    (dict(temperture=0.6), "eval.temperture: unknown setting"),
 ])
 def test_config_errors_name_the_field(change, message):
     with pytest.raises(ConfigError, match=message):
-        RunConfig.from_config({"job": "eval", "eval": {"ckpt": "/x", "bench": "countdown", **TINY, **change}})
+        _config({"ckpt": "/x", "bench": "countdown", **TINY, **change})
 
 
 def test_run_config_resolves_paths_and_defaults(jsonl_files):
-    rc = RunConfig.from_config({"ckpt": "/x", "bench": str(jsonl_files["math500"]), "format": "math500"})
+    rc = _config({"ckpt": "/x", "bench": str(jsonl_files["math500"]), "format": "math500"}).eval
     assert (rc.benchmark, rc.label) == ("math500", "math500-math500")
     assert rc.data_path == str(jsonl_files["math500"])
     assert rc.settings == EvalSettings.for_benchmark("math500", reward_config=rc.settings.reward_config)
-    generic = RunConfig.from_config({"ckpt": "/x", "bench": str(jsonl_files["gsm8k"])})
+    generic = _config({"ckpt": "/x", "bench": str(jsonl_files["gsm8k"])}).eval
     assert (generic.benchmark, generic.label) == ("jsonl", "gsm8k")

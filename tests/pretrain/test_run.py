@@ -7,7 +7,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from r1jax import hf, pipeline
-from r1jax.configdict import ConfigError
+from r1jax.configdict import ConfigError, from_config
 from r1jax.pretrain import PretrainConfig
 from r1jax.tokenizer import load_tokenizer
 
@@ -19,22 +19,22 @@ def _config(arg):
 
 
 def test_experiment_config_loads_and_validates():
-    cfg = PretrainConfig.from_config(_config(None))
+    cfg = from_config(PretrainConfig, _config(None))
     assert cfg.job == "pretrain" and cfg.output_dir == "experiments/assets/tiny_base"
     assert cfg.corpus.build().test_fraction == 0.1
-    smoke = PretrainConfig.from_config(_config("smoke"))
+    smoke = from_config(PretrainConfig, _config("smoke"))
     assert smoke.output_dir == "" and smoke.train.steps < 10
-    assert PretrainConfig.from_config(_config("steps=50,out=/tmp/x")).train.steps == 50
+    assert from_config(PretrainConfig, _config("steps=50,out=/tmp/x")).train.steps == 50
     with pytest.raises(ValueError, match="bad argument"):
         _config("stepz=3")
     bad = _config("smoke")
     bad.train.warmup_steps = 50
     with pytest.raises(ConfigError, match=r"train.warmup_steps \(50\) must be below"):
-        PretrainConfig.from_config(bad)
+        from_config(PretrainConfig, bad)
     with bad.unlocked():
         bad.train.stepz = 3
     with pytest.raises(ConfigError, match="config.train.stepz: unknown setting"):
-        PretrainConfig.from_config(bad)
+        from_config(PretrainConfig, bad)
 
 
 def test_miniature_pretraining_runs_end_to_end_and_is_deterministic(tmp_path):

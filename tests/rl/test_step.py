@@ -88,7 +88,11 @@ def test_microbatches_accumulate_to_the_same_update(agg):
     batches = [make_batch(2, with_old=True)]
     whole, m1 = run_steps(cfg, batches)
     split, m2 = run_steps(GRPOConfig(loss=cfg.loss, optim=cfg.optim, num_microbatches=4), batches)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-6),
+    # The gradient itself (its norm) must agree closely. Adam divides each entry by its own
+    # magnitude, so an entry near zero may move by a visible fraction of the learning rate under
+    # a different summation order: the parameters are compared at 1% of the step size.
+    assert m2[0]["grad_norm"] == pytest.approx(m1[0]["grad_norm"], rel=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4),
                  split.params, whole.params)
     assert m2[0]["loss"] == pytest.approx(m1[0]["loss"], rel=1e-5)
     assert m2[0]["ratio_min"] == pytest.approx(m1[0]["ratio_min"], rel=1e-5)

@@ -8,7 +8,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from r1jax import hf, models, rm
+from r1jax import hf, models, pipeline, rm
 from r1jax.data import DataError
 from r1jax.data.preferences import WORDS, load_pairs, synthetic_pairs
 from r1jax.tokenizer import train_sentencepiece
@@ -67,7 +67,7 @@ def trained(tmp_path_factory):
         optim=dict(learning_rate=3e-3, warmup_steps=20, schedule="cosine", total_steps=800,
                    final_lr_fraction=0.05), batch_pairs=32, eval_every=0,
         checkpoint_every=1000, progress_bar=False, mesh=dict(data=-1, fsdp=1, tensor=1)))
-    return rm.run(config, str(root / "work"))
+    return pipeline.run(config, str(root / "work"))
 
 
 def test_trained_reward_model_ranks_held_out_pairs(trained):

@@ -1,11 +1,14 @@
-"""A lean one-token decoder step for CPU rollouts: fused weights, shared RoPE, one mask per step.
+"""The one-token decode step for CPU rollouts: fused weights, shared RoPE, one mask per step.
 
-It computes what ``models.forward`` computes for one new token per row against a KV cache (a
-parity test holds the two together), arranged for the CPU, where every op of the decode loop is a
-separate kernel call and, at rollout batch sizes, the calls cost more than the FLOPs:
+It is the decoder of ``r1jax.models.decoder`` for one new token per row against a KV cache, built
+from the same layer functions (``layers.rms_norm``, ``apply_rope``, ``grouped_query_attention``,
+``swiglu``, ``embed``; a parity test compares it with ``models.forward``), arranged for the CPU,
+where every op of the decode loop is a separate kernel call and, at rollout batch sizes, the
+calls cost more than the FLOPs:
 
-* q/k/v are one matmul and gate/up another (their weights concatenated once per ``generate``);
-* RoPE's cos/sin are computed once per call for every step (a table the loop slices), and the
+* q/k/v are one matmul and gate/up another (their weights concatenated once per rollout by
+  ``prepare_weights``);
+* RoPE's cos/sin are computed once per rollout for every step (a table the loop slices), and the
   attention scale is folded into the rotation of q;
 * the attention mask comes from the prompt mask and the step number, built once per step;
 * keys are cached transposed, ``[B, K, E, S]``, so that the scores are a plain matmul (with the
@@ -13,7 +16,7 @@ separate kernel call and, at rollout batch sizes, the calls cost more than the F
   ``[B, K, S, E]``. Both are written in place at the step's slot.
 
 Accelerators fuse these on their own, and concatenating weights would hold a second copy of them,
-so the engine uses this step on CPU only (``generate(unstack_params=...)``).
+so the rollout engine uses this step on CPU only (``generate(unstack_params=...)``).
 """
 from __future__ import annotations
 
@@ -23,16 +26,15 @@ import flax
 import jax
 import jax.numpy as jnp
 
-from r1jax import models
-from r1jax.models import ModelConfig
-from r1jax.models.layers import MASK_VALUE, apply_rope
+from r1jax.models.config import ModelConfig
+from r1jax.models.decoder import CACHE_AXES, KVCache, lm_head_of, unstack_layers
+from r1jax.models.layers import apply_rope, embed, grouped_query_attention, rms_norm, swiglu
 from r1jax.sharding import Sharding, constrain
-
 
 KEY_CACHE_AXES = ("batch", "act_kv_heads", None, "cache_length")
 
 
-def to_decode_cache(cache: models.KVCache, sharding: Sharding | None = None):
+def to_decode_cache(cache: KVCache, sharding: Sharding | None = None):
     """``(keys [B, K, E, S], values [B, K, S, E])`` per layer from a ``models.KVCache``."""
     keys = tuple(constrain(k.transpose(0, 1, 3, 2), KEY_CACHE_AXES, sharding) for k in cache.keys)
     return keys, cache.values
@@ -43,7 +45,7 @@ def grow_cache(keys, values, length: int, sharding: Sharding | None = None):
     pad = lambda x, axis: jnp.pad(  # noqa: E731
         x, [(0, length - x.shape[axis]) if a == axis else (0, 0) for a in range(x.ndim)])
     return (tuple(constrain(pad(k, 3), KEY_CACHE_AXES, sharding) for k in keys),
-            tuple(constrain(pad(v, 2), models.CACHE_AXES, sharding) for v in values))
+            tuple(constrain(pad(v, 2), CACHE_AXES, sharding) for v in values))
 
 
 @flax.struct.dataclass
@@ -93,45 +95,35 @@ def prepare_weights(cfg: ModelConfig, params: Any) -> DecodeWeights:
             down_FxD=mlp["down_kernel"].astype(dtype),
         )
 
-    layers = models.unstack_layers(params)["layers"]
-    lm_head = params["embedding"].T if cfg.tie_embeddings else params["lm_head"]
+    layers = unstack_layers(params)["layers"]
     return DecodeWeights(params["embedding"], tuple(layer(p) for p in layers),
-                         params["final_norm"]["scale"], lm_head)
-
-
-def _rms_norm(x, scale, eps):
-    x32 = x.astype(jnp.float32)
-    y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + eps)
-    return (y * scale.astype(jnp.float32)).astype(x.dtype)
+                         params["final_norm"]["scale"], lm_head_of(cfg, params))
 
 
 def decode_step(cfg: ModelConfig, w: DecodeWeights, token_B, rope, slot, valid_BxS, keys, values,
                 sharding: Sharding | None = None):
     """Logits ``[B, V]`` (float32) for one new token per row, written to cache slot ``slot``.
 
-    ``rope`` is ``models.layers.rope_tables`` of the new tokens' positions; ``valid_BxS`` marks
-    the cache slots each row may attend to (its prompt, and every generated slot up to and
-    including ``slot``);
-    ``keys`` are per-layer ``[B, K, E, S]`` and ``values`` ``[B, K, S, E]`` (see ``to_decode_cache``).
-    Returns ``(logits, keys, values)``.
+    ``rope`` is ``layers.rope_tables`` of the new tokens' positions; ``valid_BxS`` marks the cache
+    slots each row may attend to (its prompt, and every generated slot up to and including
+    ``slot``); ``keys`` are per-layer ``[B, K, E, S]`` and ``values`` ``[B, K, S, E]`` (see
+    ``to_decode_cache``). Returns ``(logits, keys, values)``.
     """
     batch = token_B.shape[0]
     heads, kv, head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    dtype = cfg.activation_dtype
-    x_BxD = jnp.take(w.embedding_VxD, token_B, axis=0).astype(dtype)
-    x_BxD = constrain(x_BxD, ("batch", "act_embed"), sharding)
-    mask_Bx1x1xS = valid_BxS[:, None, None, :]
+    dtype, eps = cfg.activation_dtype, cfg.rms_norm_eps
+    x_BxD = embed(cfg, w.embedding_VxD, token_B, sharding)
     new_keys, new_values = [], []
     for lw, k_cache, v_cache in zip(w.layers, keys, values):
-        h_BxD = _rms_norm(x_BxD, lw.attn_norm_D, cfg.rms_norm_eps)
+        h_BxD = rms_norm(x_BxD, lw.attn_norm_D, eps)
         qkv_BxC = h_BxD @ lw.qkv_DxC
         if lw.qkv_bias_C is not None:
             qkv_BxC = qkv_BxC + lw.qkv_bias_C
         qkv_BxCh = qkv_BxC.reshape(batch, heads + 2 * kv, head_dim)
         q_BxHxE, k_BxKxE, v_BxKxE = jnp.split(qkv_BxCh, [heads, heads + kv], axis=1)
         if cfg.qk_norm:
-            q_BxHxE = _rms_norm(q_BxHxE, lw.q_norm_E, cfg.rms_norm_eps)
-            k_BxKxE = _rms_norm(k_BxKxE, lw.k_norm_E, cfg.rms_norm_eps)
+            q_BxHxE = rms_norm(q_BxHxE, lw.q_norm_E, eps)
+            k_BxKxE = rms_norm(k_BxKxE, lw.k_norm_E, eps)
         q_BxHxE = apply_rope(q_BxHxE, rope, head_dim ** -0.5)
         k_BxKxE = apply_rope(k_BxKxE, rope)
         k_cache = jax.lax.dynamic_update_slice(
@@ -139,20 +131,17 @@ def decode_step(cfg: ModelConfig, w: DecodeWeights, token_B, rope, slot, valid_B
         v_cache = jax.lax.dynamic_update_slice(
             v_cache, v_BxKxE[:, :, None].astype(v_cache.dtype), (0, 0, slot, 0))
         k_cache = constrain(k_cache, KEY_CACHE_AXES, sharding)
-        v_cache = constrain(v_cache, models.CACHE_AXES, sharding)
-        q_BxKxGxE = q_BxHxE.reshape(batch, kv, heads // kv, head_dim)
-        scores_BxKxGxS = jnp.einsum("bkge,bkes->bkgs", q_BxKxGxE, k_cache.astype(dtype),
-                                    preferred_element_type=jnp.float32)
-        scores_BxKxGxS = jnp.where(mask_Bx1x1xS, scores_BxKxGxS, MASK_VALUE)
-        probs_BxKxGxS = jax.nn.softmax(scores_BxKxGxS, axis=-1).astype(v_cache.dtype)
-        out_BxKxGxE = jnp.einsum("bkgs,bkse->bkge", probs_BxKxGxS, v_cache)
-        x_BxD = x_BxD + out_BxKxGxE.reshape(batch, heads * head_dim).astype(dtype) @ lw.o_NxD
-        h_BxD = _rms_norm(x_BxD, lw.mlp_norm_D, cfg.rms_norm_eps)
+        v_cache = constrain(v_cache, CACHE_AXES, sharding)
+        q_BxKxQxE = q_BxHxE.reshape(batch, kv, heads // kv, head_dim)
+        out_BxKxQxE = grouped_query_attention(q_BxKxQxE, k_cache.astype(dtype), v_cache,
+                                              valid_BxS, keys_transposed=True)
+        x_BxD = x_BxD + out_BxKxQxE.reshape(batch, heads * head_dim).astype(dtype) @ lw.o_NxD
+        h_BxD = rms_norm(x_BxD, lw.mlp_norm_D, eps)
         gate_BxF, up_BxF = jnp.split(h_BxD @ lw.gate_up_DxF2, 2, axis=-1)
-        x_BxD = x_BxD + (jax.nn.silu(gate_BxF) * up_BxF) @ lw.down_FxD
+        x_BxD = x_BxD + swiglu(gate_BxF, up_BxF) @ lw.down_FxD
         x_BxD = constrain(x_BxD, ("batch", "act_embed"), sharding)
         new_keys.append(k_cache)
         new_values.append(v_cache)
-    hidden_BxD = _rms_norm(x_BxD, w.final_norm_D, cfg.rms_norm_eps)
+    hidden_BxD = rms_norm(x_BxD, w.final_norm_D, eps)
     logits_BxV = jnp.dot(hidden_BxD, w.lm_head_DxV, preferred_element_type=jnp.float32)
     return logits_BxV, tuple(new_keys), tuple(new_values)
