@@ -23,11 +23,16 @@ Measured (README): teacher 80.8% held-out pass@1; student base 0.5%; SFT student
 RL on the small model at equal compute, as in the paper's §4.1; the gap is extreme here because
 the student never writes the template's tags, so neither rule reward ever fires for it.
 
-Real scale: ``experiments/distill.py:student=qwen2.5-1.5b,student_ckpt=/models/Qwen2.5-Math-1.5B,
-teacher=/ckpts/r1,train=/data/math_train.jsonl,test=/data/math500.jsonl`` — the paper's students
-(Qwen2.5-Math-1.5B/7B, Qwen2.5-14B/32B, Llama-3.1-8B, Llama-3.3-70B-Instruct) fine-tuned with SFT only
-(2 epochs, cosine 5e-5 → 5e-6) on the teacher's filtered samples at 32,768 tokens; no RL stage
-(``budget`` does not apply). Hardware: TPU pods / GPU clusters.
+Real scale: ``experiments/distill.py:student=qwen2.5-math-1.5b,
+student_ckpt=/models/Qwen2.5-Math-1.5B,teacher=/ckpts/r1,train=/data/math_train.jsonl,test=/data/math500.jsonl`` — the paper's students
+(Qwen2.5-Math-1.5B/7B, Qwen2.5-32B, Llama-3.1-8B, Llama-3.3-70B-Instruct: presets qwen2.5-math-1.5b,
+qwen2.5-math-7b, qwen2.5-32b, llama3.1-8b, llama3.3-70b; also qwen2.5-1.5b/7b) fine-tuned with SFT
+only (2 epochs, cosine 5e-5 → 5e-6) on the teacher's filtered samples; no RL stage (``budget``
+does not apply). The token budget is the student's, as in experiments/r1_zero.py: traces of up
+to 32,768 new tokens after a 1,024-token prompt for the long-context students (SFT rows of
+33,792), up to 3,072 for Qwen2.5-Math's 4,096 positions (rows of 4,096), and the held-out
+MATH-500 evaluation samples up to the same. The teacher must hold that budget too (checked when
+its stage starts). Hardware: TPU pods / GPU clusters.
 """
 import os
 
@@ -101,33 +106,43 @@ def tiny(values):
 
 
 def paper(values):
-    """SFT-only distillation of a real student on a teacher's filtered samples."""
+    """SFT-only distillation of a real student on a teacher's filtered samples, at the student's
+    token budget (R1-Zero's for the same base)."""
     student = values["student"]
     ckpt = values.get("student_ckpt", f"/models/{student}")
     train = values.get("train", "/data/train.jsonl")
+    seed = values.get("seed", 0)
+    try:  # the student's token budget is R1-Zero's for the same base
+        budget = _experiment("r1_zero", f"model={student}")
+    except ValueError as e:
+        raise ValueError(f"experiments/distill.py: student={student!r}: {e}") from None
+    prompt_tokens = budget["data"]["max_prompt_tokens"]
+    new_tokens = budget["rollout"]["max_new_tokens"]
     real = dict(data=1, fsdp=-1, tensor=1)
     stages = dict(
         traces=dict(
-            job="traces", name="distill_traces", model=dict(checkpoint=values.get("teacher",
-                                                                                  "/ckpts/r1")),
-            output_dir="{workdir}/traces/out", data=dict(train=train, num_train=10_000_000),
-            sampling=dict(num_samples=4, temperature=0.6, top_p=0.95, max_new_tokens=32_768,
+            job="traces", name="distill_traces", seed=seed,
+            model=dict(checkpoint=values.get("teacher", "/ckpts/r1")),
+            output_dir="{workdir}/traces/out",
+            data=dict(train=train, num_train=10_000_000, max_prompt_tokens=prompt_tokens),
+            sampling=dict(num_samples=4, temperature=0.6, top_p=0.95, max_new_tokens=new_tokens,
                           batch_prompts=64),
             filters=dict(require_correct=True, require_format=True, min_language=0.95,
-                         max_tokens=32_768),
+                         max_tokens=new_tokens),
             mesh=real),
         student_sft=dict(
-            job="sft", name=f"distill_{student}",
+            job="sft", name=f"distill_{student}", seed=seed,
             model=dict(checkpoint=ckpt, preset=student, dtype="bfloat16", remat="full"),
-            data=dict(train="{workdir}/traces/out/data.jsonl", test=None, seq_len=32_768),
+            data=dict(train="{workdir}/traces/out/data.jsonl", test=None,
+                      seq_len=prompt_tokens + new_tokens),
+            # Microbatches of 32 rows: one row per device on up to 32 batch devices.
             sft=dict(optim=dict(learning_rate=5e-5, schedule="cosine", warmup_steps=100,
-                                final_lr_fraction=0.1, weight_decay=0.1), num_microbatches=8),
+                                final_lr_fraction=0.1, weight_decay=0.1), num_microbatches=4),
             epochs=2, batch_rows=128, eval_every=0, checkpoint_every=500, mesh=real),
         eval_student=_experiment("eval", "ckpt={workdir}/student_sft/export,bench=math500,data="
-                                 + values.get("test", "/data/math500.jsonl")),
+                                 + values.get("test", "/data/math500.jsonl")
+                                 + f",max_new_tokens={new_tokens}"),
     )
-    for stage in (stages["traces"], stages["student_sft"]):
-        stage["seed"] = values.get("seed", 0)
     return dict(order=tuple(stages), stages=stages)
 
 

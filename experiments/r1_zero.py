@@ -19,17 +19,26 @@ Real scale (the paper's recipe; arguments are ``key=value`` after a colon):
     python launch/run.py --config=experiments/r1_zero.py:model=qwen2.5-math-7b,\
 ckpt=/models/Qwen2.5-Math-7B,train=/data/math_train.jsonl,test=/data/math500.jsonl
 
-``model`` is an r1jax preset (qwen2.5-math-1.5b, qwen2.5-math-7b, qwen2.5-7b, qwen2.5-32b,
-llama3.1-8b, …) and ``ckpt`` the matching Hugging Face checkpoint directory
-(``huggingface-cli download Qwen/Qwen2.5-Math-7B --local-dir /models/Qwen2.5-Math-7B``). Settings
-are DeepSeek-R1's (arXiv 2501.12948): learning rate 3e-6, KL coefficient 0.001, clip ratio 10,
-16 samples for each of 32 questions per step, temperature 1, the reference model reset to the
-policy every 400 steps, each rollout split into 16 minibatches for one inner epoch, 32,768 new
-tokens. Hardware: a TPU v5p-64 or 8×H100 for 7B (check first: ``python launch/aot.py
---config=experiments/r1_zero.py:model=qwen2.5-math-7b --topology=v5p:4x4x2``); days of training.
-Expected: AIME 2024 pass@1 rising through training as in the paper's Figure 2 (DeepSeek-R1-Zero
-on the 671B base: 15.6% → 71.0%). Other arguments: ``seed``, ``steps``, ``beta``, ``lr``,
-``group``, ``prompts``, ``max_new_tokens``, ``mesh`` (fsdp, data or tensor over all devices).
+``model`` is an r1jax preset (qwen2.5-math-1.5b, qwen2.5-math-7b, qwen2.5-1.5b, qwen2.5-7b,
+qwen2.5-32b, llama3.1-8b, llama3.3-70b) and ``ckpt`` the matching Hugging Face checkpoint directory
+(``huggingface-cli download Qwen/Qwen2.5-Math-7B --local-dir /models/Qwen2.5-Math-7B``). The
+architecture and the tokenizer come from the checkpoint (``config.json``, ``tokenizer.json``); the
+preset must agree with it (the error names both) and lets ``launch/aot.py`` size the run without
+the weights. ``train``/``test`` are JSONL files: MATH (``problem`` + ``solution`` with a
+``\\boxed{}`` answer, or ``answer``), GSM8K (``question`` + ``answer`` with ``####``), or
+``prompt`` + ``answer``. Settings are DeepSeek-R1's (arXiv 2501.12948): learning rate 3e-6, KL
+coefficient 0.001, clip ratio 10, 16 samples for each of 32 questions per step, temperature 1,
+the reference model reset to the policy every 400 steps, each rollout split into 16 minibatches
+for one inner epoch. Token budgets fit the base (``budget``): DeepSeek-R1's 32,768 new tokens
+after a 1,024-token prompt on the long-context bases (Qwen2.5-1.5B/7B/32B and Llama 3.1/3.3 have
+131,072 positions), and 1,024 prompt + 3,072 new tokens on Qwen2.5-Math-1.5B/7B, whose context is
+4,096 positions; the held-out evaluation samples up to the same budget. A budget the model cannot
+hold stops the run at start-up, naming the field to change. Hardware: a TPU v5p-64 or 8×H100 for
+7B (check first: ``python launch/aot.py --config=experiments/r1_zero.py:model=qwen2.5-math-7b
+--topology=v5p:4x4x2``); days of training. Expected: AIME 2024 pass@1 rising through training as
+in the paper's Figure 2 (DeepSeek-R1-Zero on the 671B base: 15.6% → 71.0%). Other arguments:
+``seed``, ``steps``, ``beta``, ``lr``, ``group``, ``prompts``, ``max_new_tokens`` (the rollout's),
+``mesh`` (fsdp, data or tensor over all devices).
 """
 import os
 
@@ -99,8 +108,10 @@ def tiny(values):
         # answers after one step, and a full 2-step chain is found by chance far more often than a
         # 3-step one, so every seed gets reward for continuing the chain early (with 3-step
         # training chains alone one seed in two never left the one-step answer in 60 steps).
+        # Prompts are at most 122 tokens (156 with the test suite's smaller vocabulary); 192 + 64
+        # new tokens fit a 256-position model, which a ``ckpt=`` swap may bring.
         data=dict(train="synthetic:arithmetic:d2+synthetic:arithmetic:d3", difficulty=3,
-                  num_train=20_000, num_test=200),
+                  num_train=20_000, num_test=200, max_prompt_tokens=192),
         rollout=dict(max_new_tokens=64, temperature=1.0),
         grpo=dict(
             group_size=8, temperature=1.0,
@@ -121,20 +132,35 @@ HF_REPOS = {"qwen2.5-math-1.5b": "Qwen2.5-Math-1.5B", "qwen2.5-math-7b": "Qwen2.
             "qwen2.5-32b": "Qwen2.5-32B", "llama3.1-8b": "Llama-3.1-8B",
             "llama3.3-70b": "Llama-3.3-70B-Instruct"}
 
+# Positions of each base (max_position_embeddings of the presets in r1jax/models/config.py, which
+# are the checkpoints' config.json values; tests/test_experiments.py checks they agree).
+CONTEXT = {"qwen2.5-math-1.5b": 4096, "qwen2.5-math-7b": 4096, "qwen2.5-1.5b": 131_072,
+           "qwen2.5-7b": 131_072, "qwen2.5-32b": 131_072, "llama3.1-8b": 131_072,
+           "llama3.3-70b": 131_072}
+PROMPT_TOKENS = 1024
+PAPER_NEW_TOKENS = 32_768  # DeepSeek-R1's generation budget
+
+
+def budget(model):
+    """``(prompt tokens, new tokens)`` for a base: the paper's 32,768 new tokens where the context
+    holds them after the prompt, else the rest of the context (Qwen2.5-Math: 1,024 + 3,072)."""
+    return PROMPT_TOKENS, min(PAPER_NEW_TOKENS, CONTEXT[model] - PROMPT_TOKENS)
+
 
 def paper(model, values):
     """DeepSeek-R1-Zero's GRPO settings on a real base model."""
     if model not in HF_REPOS:
         raise ValueError(f"experiments/r1_zero.py: model={model!r}; choose tiny or one of "
                          f"{sorted(HF_REPOS)}")
+    prompt_tokens, new_tokens = budget(model)
     return dict(
         name=f"r1_zero_{model}", steps=8000, prompts_per_step=32,
         model=dict(checkpoint=values.get("ckpt", f"/models/{HF_REPOS[model]}"), preset=model,
                    dtype="bfloat16", remat="full"),
         data=dict(train=values.get("train", "/data/train.jsonl"),
                   test=values.get("test", "/data/math500.jsonl"), num_test=500,
-                  template="r1_zero", max_prompt_tokens=1024),
-        rollout=dict(max_new_tokens=32_768, temperature=1.0),
+                  template="r1_zero", max_prompt_tokens=prompt_tokens),
+        rollout=dict(max_new_tokens=new_tokens, temperature=1.0),
         grpo=dict(
             group_size=16, temperature=1.0, num_minibatches=16, num_iterations=1,
             num_microbatches=1, ref_update_interval=400,
@@ -144,7 +170,7 @@ def paper(model, values):
                        max_grad_norm=1.0)),
         rewards=dict(weights={"accuracy": 1.0, "format": 1.0}, num_workers=16, timeout_s=60.0),
         eval=dict(every=200, num_problems=500, num_samples=4, temperature=0.6, top_p=0.95,
-                  max_new_tokens=32_768),
+                  max_new_tokens=new_tokens),
         checkpoint=dict(every=50, max_to_keep=3, keep_best=True),
         mesh=dict(data=1, fsdp=-1, tensor=1),
     )

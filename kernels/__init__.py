@@ -7,6 +7,7 @@ This package imports jax only; it knows nothing of r1jax.
 """
 from kernels.block_sizes import AdvantageBlockSizes, LogprobBlockSizes
 from kernels.advantages import GroupedAdvantages, grouped_advantages
+from kernels.logprobs import resolve_impl as resolve_logprob_impl
 from kernels.logprobs import token_logprobs
 
 __all__ = [
@@ -14,5 +15,6 @@ __all__ = [
     "GroupedAdvantages",
     "LogprobBlockSizes",
     "grouped_advantages",
+    "resolve_logprob_impl",
     "token_logprobs",
 ]

@@ -33,7 +33,8 @@ class _Plan:
     interpret: Any  # bool, or pltpu.InterpretParams for TPU interpret mode
 
 
-def _resolve_impl(impl: str) -> str:
+def resolve_impl(impl: str) -> str:
+    """The implementation ``impl`` names on this backend (``"auto"`` resolved)."""
     if impl not in bs.LOGPROB_IMPLS:
         raise ValueError(f"token_logprobs: impl={impl!r} is not one of {bs.LOGPROB_IMPLS}.")
     if impl != "auto":
@@ -133,7 +134,7 @@ def token_logprobs(hidden_NxD, lm_head_DxV, targets_N, *, temperature=1.0, retur
         raise ValueError("token_logprobs: temperature must be a static Python float.") from err
     if not temperature > 0:
         raise ValueError(f"token_logprobs: temperature must be > 0, got {temperature}.")
-    impl = _resolve_impl(impl)
+    impl = resolve_impl(impl)
     dtype = jnp.result_type(hidden_NxD.dtype, lm_head_DxV.dtype)
     hidden_NxD, lm_head_DxV = hidden_NxD.astype(dtype), lm_head_DxV.astype(dtype)
     if impl == "reference" or n_tokens == 0:

@@ -9,59 +9,20 @@ problems by the rewards package (in a ``RewardPool`` of worker processes; code i
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
+import jax
 import numpy as np
 
+from r1jax import distributed, rollout
 from r1jax.data import Problem, Template
-from r1jax.rewards import BatchScores, RewardConfig, RewardInput, RewardPool, score_batch
+from r1jax.rewards import (BatchResult, BatchScores, RewardConfig, RewardInput, RewardPool,
+                           batch_metrics, score)
+from r1jax.sampling_request import SamplingRequest
 from r1jax.tokenizer import Tokenizer
 
-if TYPE_CHECKING:
-    import jax
-
-    from r1jax import rollout
-
-# End-of-turn tokens of common chat vocabularies (``SamplingRequest.stop_at_end_of_turn``).
-END_OF_TURN_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<｜end▁of▁sentence｜>")
-
-
-@dataclasses.dataclass(frozen=True)
-class SamplingRequest:
-    """What to sample for each prompt: up to ``max_new_tokens`` tokens at ``temperature`` (0:
-    greedy) with top-p/top-k truncation, ending at the tokenizer's EOS, at any of
-    ``stop_strings``, and (``stop_at_end_of_turn``) at the end-of-turn tokens of chat vocabularies.
-    How many samples per prompt is the caller's group size."""
-
-    max_new_tokens: int = 64
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    stop_strings: tuple[str, ...] = ()
-    stop_at_end_of_turn: bool = False
-
-    def __post_init__(self):
-        if isinstance(self.max_new_tokens, bool) or self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if not self.temperature >= 0:
-            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
-        object.__setattr__(self, "stop_strings", tuple(str(s) for s in self.stop_strings))
-        if any(not s for s in self.stop_strings):
-            raise ValueError("stop_strings must not contain an empty string")
-
-    def stop_ids(self, tokenizer: Tokenizer) -> list[int]:
-        ids = {tokenizer.eos_id} if tokenizer.eos_id is not None else set()
-        if self.stop_at_end_of_turn:
-            for token in END_OF_TURN_TOKENS:
-                token_id = tokenizer.token_to_id(token)
-                if token_id is not None:
-                    ids.add(int(token_id))
-        return sorted(ids)
-
+__all__ = ["Completions", "SamplingRequest", "complete", "decode_completions", "encode_prompts",
+           "judge"]
 
 @dataclasses.dataclass(frozen=True)
 class Completions:
@@ -99,10 +60,6 @@ def complete(params: Any, model_cfg, tokenizer: Tokenizer, prompts: Sequence[Seq
              pool: RewardPool | None = None, reward_model=None, sharding=None) -> Completions:
     """``group_size`` completions of every prompt, decoded, and — given ``reward_config`` —
     judged against ``problems`` (one per prompt); see ``judge`` for ``reward_model``."""
-    # Imported here: settings that hold a request (evaluation's) are read by reward workers,
-    # which never import jax.
-    from r1jax import rollout
-
     out = rollout.generate(
         params, model_cfg, prompts, rng=rng, max_new_tokens=request.max_new_tokens,
         group_size=group_size, temperature=request.temperature, top_p=request.top_p,
@@ -116,10 +73,13 @@ def complete(params: Any, model_cfg, tokenizer: Tokenizer, prompts: Sequence[Seq
 
 
 def decode_completions(out: rollout.Rollout, tokenizer: Tokenizer) -> Completions:
-    tokens_BxT, lengths_B = np.asarray(out.tokens), np.asarray(out.lengths)
-    texts = [tokenizer.decode(tokens_BxT[row, :lengths_B[row]].tolist())
-             for row in range(tokens_BxT.shape[0])]
-    return Completions(out, texts, lengths_B, np.asarray(out.stopped))
+    """Each row's text; each process decodes its share of the rows, every process gets all."""
+    tokens_BxT = distributed.to_host(out.tokens)
+    lengths_B = distributed.to_host(out.lengths)
+    mine = range(tokens_BxT.shape[0])[distributed.host_rows(tokens_BxT.shape[0])]
+    texts = distributed.allgather([tokenizer.decode(tokens_BxT[row, :lengths_B[row]].tolist())
+                                   for row in mine])
+    return Completions(out, texts, lengths_B, distributed.to_host(out.stopped))
 
 
 def judge(completions: Completions, problems: Sequence[Problem], reward_config: RewardConfig,
@@ -136,10 +96,21 @@ def judge(completions: Completions, problems: Sequence[Problem], reward_config: 
     inputs = [RewardInput.from_problem(problems[row // group], text,
                                        int(completions.lengths_B[row]))
               for row, text in enumerate(completions.texts)]
+    # The reward model is a sharded program: every process scores every general row alike.
     general = [row for row, s in enumerate(inputs) if s.general]
     if general and reward_model is not None:
         values = reward_model.score([problems[row // group].question for row in general],
                                     [completions.texts[row] for row in general])
         for row, value in zip(general, values):
             inputs[row] = dataclasses.replace(inputs[row], preference=float(value))
-    return dataclasses.replace(completions, scores=score_batch(inputs, reward_config, pool))
+    # Rule rewards and the sandbox: each process judges its share of the rows.
+    mine = distributed.host_rows(len(inputs))
+    runner = pool if pool is not None else RewardPool(0)
+    local = runner.map(score, [(sample, reward_config) for sample in inputs[mine]])
+    parts = distributed.allgather([local])
+    result = BatchResult(tuple(v for part in parts for v in part.values),
+                         sum(p.errors for p in parts), sum(p.timeouts for p in parts),
+                         sum(p.crashes for p in parts), tuple(m for p in parts for m in p.messages))
+    scores = BatchScores(result.values,
+                         batch_metrics(result, [name for name, _ in reward_config.weights]))
+    return dataclasses.replace(completions, scores=scores)

@@ -1,4 +1,10 @@
-"""Multi-host runtime: ``jax.distributed`` start-up, per-process data, and who writes.
+"""Multi-host runtime: ``jax.distributed`` start-up, per-process host work, and who writes.
+
+Every process runs the same program on the same global arrays. Host work on rows (decoding,
+rewards, the sandbox) is split: each process takes ``host_rows`` of a batch and the results are
+put back together with ``allgather`` (in process order, so every process sees the same list a
+single process would have built). ``to_host`` reads a global array on every process, and
+``like_rows`` places a host array (the same on every process) with a batch's sharding.
 
 TPU pods, SLURM and Open MPI jobs are detected by JAX itself (``initialize()`` needs no
 arguments there; ``R1JAX_DISTRIBUTED=auto`` asks for it where no environment variable shows the
@@ -79,6 +85,55 @@ def initialize(cfg: DistributedConfig = DistributedConfig()) -> bool:
 def is_main_process() -> bool:
     """Only process 0 writes logs, metrics and reports."""
     return jax.process_index() == 0
+
+
+def host_rows(total: int) -> slice:
+    """This process's share of ``total`` rows for host work (contiguous, as equal as can be)."""
+    count, index = jax.process_count(), jax.process_index()
+    return slice(index * total // count, (index + 1) * total // count)
+
+
+def allgather(items: list) -> list:
+    """Every process's ``items`` (picklable), concatenated in process order, on every process."""
+    if jax.process_count() == 1:
+        return list(items)
+    import pickle
+
+    from jax.experimental import multihost_utils
+
+    data = np.frombuffer(pickle.dumps(list(items)), np.uint8)
+    sizes = multihost_utils.process_allgather(np.array([data.size], np.int64))
+    padded = np.zeros(int(sizes.max()), np.uint8)
+    padded[:data.size] = data
+    gathered = multihost_utils.process_allgather(padded)
+    out = []
+    for row, size in zip(gathered, sizes.reshape(-1)):
+        out += pickle.loads(row[:int(size)].tobytes())
+    return out
+
+
+def to_host(x: Any) -> np.ndarray:
+    """The whole value of ``x`` as numpy, on every process (a global array is gathered)."""
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+        return np.asarray(x)
+    if x.is_fully_replicated:
+        return np.asarray(x.addressable_data(0))
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def like_rows(value: np.ndarray, reference: Any) -> Any:
+    """``value`` (identical on every process) as a device array whose rows are laid out like
+    ``reference``'s (a global array sharded over its first axis); a plain array otherwise."""
+    import jax.numpy as jnp
+
+    sharding = getattr(reference, "sharding", None)
+    if not isinstance(sharding, jax.sharding.NamedSharding):
+        return jnp.asarray(value)
+    rows = sharding.spec[0] if len(sharding.spec) else None
+    spec = jax.sharding.PartitionSpec(rows, *([None] * (np.ndim(value) - 1)))
+    return jax.device_put(value, jax.sharding.NamedSharding(sharding.mesh, spec))
 
 
 def process_rows(global_rows: int) -> slice:

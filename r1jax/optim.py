@@ -88,11 +88,19 @@ def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
 
 
 def init_train_state(params: Any, optimizer: optax.GradientTransformation) -> TrainState:
-    """A fresh state. Jitted, so the optimizer moments are created in the parameters' shardings."""
+    """A fresh state, its optimizer moments created in the parameters' shardings (left to
+    itself, XLA replicates the zeros on every device: a full copy of the moments per chip)."""
+    shardings = jax.tree.map(lambda x: getattr(x, "sharding", None), params)
+
+    def place(moment, sharding):
+        if isinstance(sharding, jax.sharding.NamedSharding):
+            return jax.lax.with_sharding_constraint(moment, sharding)
+        return moment
 
     def create(p):
         zero = jnp.zeros((), jnp.int32)
-        return TrainState(step=zero, params=p, opt_state=optimizer.init(p), skipped_updates=zero,
+        opt_state = optax.tree_map_params(optimizer, place, optimizer.init(p), shardings)
+        return TrainState(step=zero, params=p, opt_state=opt_state, skipped_updates=zero,
                           consecutive_skips=zero)
 
     return jax.jit(create)(params)

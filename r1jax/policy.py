@@ -41,17 +41,18 @@ class ModelSource:
 
 def load_policy(source: ModelSource, sharding: Sharding):
     """``(model_cfg, params, tokenizer)``: a Hugging Face-format checkpoint placed on the mesh, or
-    a preset with random weights (for benchmarks and tests)."""
+    a preset with random weights (for benchmarks and tests). A checkpoint's architecture is its
+    ``config.json``'s, checked against ``model.preset`` (when set) before any weight is read."""
     if source.checkpoint is not None:
         if not os.path.isdir(source.checkpoint):
             raise FileNotFoundError(
                 f"model.checkpoint {source.checkpoint!r} does not exist; point it at a Hugging "
                 "Face-format directory (config.json + *.safetensors + tokenizer)")
+        if source.preset is not None:
+            check_architecture(hf.load_config(source.checkpoint), source)
         model_cfg, params = hf.load_pretrained(source.checkpoint, mesh=sharding.mesh,
                                                dtype=source.dtype, rules=sharding.rules)
         model_cfg = model_cfg.replace(remat=source.remat)
-        if source.preset is not None:
-            _check_architecture(model_cfg, models.get_config(source.preset), source)
     else:
         overrides = {"remat": source.remat}
         if source.dtype:
@@ -65,14 +66,31 @@ def load_policy(source: ModelSource, sharding: Sharding):
     return model_cfg, params, tokenizer
 
 
-def _check_architecture(loaded: models.ModelConfig, preset: models.ModelConfig,
-                        source: ModelSource) -> None:
-    for field in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
-                  "num_kv_heads", "head_dim", "tie_embeddings", "qkv_bias", "qk_norm"):
-        if getattr(loaded, field) != getattr(preset, field):
-            raise ValueError(
-                f"model.checkpoint {source.checkpoint} has {field}={getattr(loaded, field)} but "
-                f"model.preset {source.preset!r} has {getattr(preset, field)}; fix model.preset")
+# What makes a checkpoint the preset it is said to be: shapes, and the positions and RoPE that its
+# run's budgets and numerics depend on (Qwen2.5-7B and Qwen2.5-Math-7B differ only in these).
+ARCHITECTURE_FIELDS = ("model_type", "vocab_size", "hidden_size", "intermediate_size",
+                       "num_layers", "num_heads", "num_kv_heads", "head_dim", "tie_embeddings",
+                       "qkv_bias", "qk_norm", "max_position_embeddings", "rope_theta",
+                       "rope_scaling")
+
+
+def check_architecture(loaded: models.ModelConfig, source: ModelSource) -> None:
+    """``loaded`` (the checkpoint's config.json) must be ``source.preset``'s architecture; the
+    error names both, every field that differs, and the preset the checkpoint does match."""
+    preset = models.get_config(source.preset)
+    differ = [f for f in ARCHITECTURE_FIELDS if getattr(loaded, f) != getattr(preset, f)]
+    if not differ:
+        return
+    fields = "; ".join(f"{f} {getattr(loaded, f)} (preset: {getattr(preset, f)})" for f in differ)
+    matches = [name for name, cfg in models.PRESETS.items()
+               if all(getattr(loaded, f) == getattr(cfg, f) for f in ARCHITECTURE_FIELDS)]
+    hint = (f"it is the {matches[0]!r} architecture: set model.preset={matches[0]} (model="
+            f"{matches[0]} in an experiment)" if matches else
+            "no preset matches it: clear model.preset (None) to take the architecture from "
+            "config.json alone")
+    raise ValueError(f"model.checkpoint {source.checkpoint} is not model.preset "
+                     f"{source.preset!r}: its config.json has {fields}; {hint}, or point "
+                     f"model.checkpoint at a {source.preset} checkpoint")
 
 
 def export_policy(path: str, model_cfg: models.ModelConfig, params, tokenizer: Tokenizer) -> None:
@@ -81,6 +99,7 @@ def export_policy(path: str, model_cfg: models.ModelConfig, params, tokenizer: T
     if jax.process_index() == 0:
         target = "tokenizer.json" if tokenizer.path.endswith(".json") else "tokenizer.model"
         shutil.copyfile(tokenizer.path, os.path.join(path, target))
-        config = os.path.join(os.path.dirname(tokenizer.path), "tokenizer_config.json")
-        if target == "tokenizer.json" and os.path.isfile(config):
-            shutil.copyfile(config, os.path.join(path, "tokenizer_config.json"))
+        for name in ("tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
+            extra = os.path.join(os.path.dirname(tokenizer.path), name)
+            if target == "tokenizer.json" and os.path.isfile(extra):
+                shutil.copyfile(extra, os.path.join(path, name))

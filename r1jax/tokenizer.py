@@ -1,16 +1,18 @@
 """One tokenizer interface over sentencepiece ``.model`` files and Hugging Face ``tokenizer.json``.
 
 ``load_tokenizer(path)`` accepts either file or a directory holding one (with its
-``tokenizer_config.json`` for the special tokens); ``train_sentencepiece`` builds a small model from
-a text iterator for the tiny CPU runs. Special tokens are never added implicitly: ``encode`` adds
-BOS/EOS only when asked, so templates control exactly what the model sees.
+``tokenizer_config.json`` for the special tokens and the chat template, or a ``chat_template.jinja``
+beside it); ``train_sentencepiece`` builds a small model from a text iterator for the tiny CPU runs.
+Special tokens are never added implicitly: ``encode`` adds BOS/EOS only when asked, so templates
+control exactly what the model sees. ``apply_chat_template`` renders a checkpoint's own Jinja chat
+template the way ``transformers`` does (the ``tokenizer`` prompt template uses it).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -35,6 +37,8 @@ class Tokenizer:
     bos_id: int | None
     eos_id: int | None
     pad_id: int
+    chat_template: str | None = None  # a Jinja template (Hugging Face tokenizers only)
+    special_tokens: Mapping[str, str] = {}  # bos_token, eos_token, pad_token as text
 
     def _encode(self, text: str) -> list[int]:
         raise NotImplementedError
@@ -95,6 +99,17 @@ class Tokenizer:
         return self.pad(self.encode_batch(texts, add_bos=add_bos, add_eos=add_eos), side=side,
                         length=length, multiple_of=multiple_of)
 
+    def apply_chat_template(self, messages: Sequence[dict], *, add_generation_prompt: bool = True
+                            ) -> str:
+        """``messages`` (role/content dicts) as text, by the checkpoint's own chat template, as
+        ``transformers``' ``apply_chat_template(..., tokenize=False)`` renders them."""
+        if not self.chat_template:
+            raise ValueError(f"tokenizer {self.path} has no chat template (no 'chat_template' in "
+                             "its tokenizer_config.json and no chat_template.jinja beside it)")
+        return render_chat_template(self.chat_template, messages,
+                                    add_generation_prompt=add_generation_prompt,
+                                    **self.special_tokens)
+
     def _require(self, attr: str) -> int:
         value = getattr(self, attr)
         if value is None:
@@ -144,6 +159,45 @@ def _special_content(value) -> str | None:
     return value
 
 
+def render_chat_template(template: str, messages: Sequence[dict], *,
+                         add_generation_prompt: bool = True, **special_tokens: str) -> str:
+    """A Hugging Face chat template rendered as ``transformers`` renders it: a sandboxed Jinja
+    environment with ``trim_blocks``/``lstrip_blocks``, loop controls, ``tojson``,
+    ``raise_exception`` and ``strftime_now``; special tokens (``bos_token``…) as variables."""
+    import datetime
+
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):
+        raise jinja2.exceptions.TemplateError(message)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=["jinja2.ext.loopcontrols"])
+    env.filters["tojson"] = lambda x, indent=None, **_: json.dumps(x, ensure_ascii=False,
+                                                                    indent=indent)
+    env.globals.update(raise_exception=raise_exception,
+                       strftime_now=lambda fmt: datetime.datetime.now().strftime(fmt))
+    return env.from_string(template).render(messages=list(messages), tools=None, documents=None,
+                                            add_generation_prompt=add_generation_prompt,
+                                            **special_tokens)
+
+
+def _chat_template(config: dict, directory: str) -> str | None:
+    """``tokenizer_config.json``'s ``chat_template`` (a string, or a list of named templates of
+    which ``default`` is taken), else ``chat_template.jinja`` beside it (transformers ≥ 4.47)."""
+    template = config.get("chat_template")
+    if isinstance(template, list):
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default")
+    if template is None:
+        path = os.path.join(directory, "chat_template.jinja")
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                template = f.read()
+    return template if isinstance(template, str) and template.strip() else None
+
+
 class HFTokenizer(Tokenizer):
     """A Hugging Face ``tokenizer.json``; special tokens from the ``tokenizer_config.json`` beside it
     (or given explicitly)."""
@@ -161,15 +215,18 @@ class HFTokenizer(Tokenizer):
             with open(config_path, encoding="utf-8") as f:
                 config = json.load(f)
         given = {"bos": bos, "eos": eos, "pad": pad}
-        ids = {}
+        ids, self.special_tokens = {}, {}
         for kind, explicit in given.items():
             token = explicit or _special_content(config.get(f"{kind}_token"))
+            if token is not None:
+                self.special_tokens[f"{kind}_token"] = token
             ids[kind] = None if token is None else self._tok.token_to_id(token)
             if token is not None and ids[kind] is None:
                 source = f"argument {kind}=" if explicit else f"{config_path}: {kind}_token"
                 raise ValueError(f"{source} {token!r} is not in the vocabulary of {tokenizer_file}")
         self.bos_id, self.eos_id = ids["bos"], ids["eos"]
         self.pad_id = next(i for i in (ids["pad"], ids["eos"], 0) if i is not None)
+        self.chat_template = _chat_template(config, os.path.dirname(tokenizer_file))
         self._special = {t.content for t in self._tok.get_added_tokens_decoder().values()
                          if t.special}
 

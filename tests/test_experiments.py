@@ -4,6 +4,7 @@ and every experiment file is data (it imports no r1jax module but ``r1jax.config
 import ast
 import glob
 import importlib
+import importlib.util
 import os
 import sys
 
@@ -42,6 +43,8 @@ def _stages(arg: str) -> dict:
     "r1.py:model=qwen2.5-math-7b,ckpt=/m,train=/d/t.jsonl,general=/d/g.jsonl",
     "distill.py", "distill.py:budget=60,seed=2", "distill.py:teacher=/ckpts/t",
     "distill.py:student=qwen2.5-1.5b,student_ckpt=/m,teacher=/t,test=/d/m.jsonl",
+    "distill.py:student=qwen2.5-math-1.5b,student_ckpt=/m,teacher=/t,test=/d/m.jsonl",
+    "r1.py:model=llama3.1-8b,ckpt=/m,test=/d/m.jsonl",
 ])
 def test_every_variant_loads_and_every_stage_validates(arg):
     assert _stages(arg)
@@ -72,6 +75,57 @@ def test_distill_compares_sft_and_grpo_students_at_equal_time_on_one_eval():
                  e.max_new_tokens) for e in evals}
     assert len(settings) == 1  # the same held-out problems and sampling for all four
     assert "teacher" not in _stages("distill.py:teacher=/ckpts/t")
+
+
+def _module(name):
+    spec = importlib.util.spec_from_file_location(f"experiment_{name}",
+                                                  os.path.join(EXPERIMENTS, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_r1_zero_budgets_fit_the_presets_contexts():
+    """The experiment's context table is the presets' (an experiment file may not import them),
+    and each base gets the paper's 32,768 new tokens where they fit after the prompt."""
+    from r1jax import models
+
+    r1_zero = _module("r1_zero")
+    assert set(r1_zero.CONTEXT) == set(r1_zero.HF_REPOS)
+    for model, context in r1_zero.CONTEXT.items():
+        assert models.get_config(model).max_position_embeddings == context, model
+        prompt, new = r1_zero.budget(model)
+        assert prompt + new <= context
+        assert (prompt, new) == ((1024, 3072) if context == 4096 else (1024, 32_768)), model
+
+
+def test_r1_real_rl_stages_are_the_r1_zero_recipe_on_the_test_set():
+    stages = _stages("r1.py:model=qwen2.5-math-7b,ckpt=/m,train=/d/t.jsonl,test=/d/m.jsonl,"
+                     "general=/d/g.jsonl")
+    zero = load_experiment(os.path.join(EXPERIMENTS, "r1_zero.py:model=qwen2.5-math-7b"))
+    for name, temperature in (("reasoning_rl", 1.0), ("all_rl", 0.7)):
+        rl = stages[name]
+        assert rl.grpo.loss.epsilon_low == zero.grpo.loss.epsilon_low == 10.0
+        assert rl.grpo.loss.beta == 0.001 and rl.grpo.num_minibatches == 16
+        assert rl.rollout.temperature == rl.grpo.temperature == temperature
+        assert (rl.data.test, rl.data.max_prompt_tokens, rl.rollout.max_new_tokens,
+                rl.eval.max_new_tokens) == ("/d/m.jsonl", 1024, 3072, 3072)
+        assert rl.model.preset == "qwen2.5-math-7b"
+    assert stages["cold_start"].data.seq_len == stages["sft_mix"].data.seq_len == 4096
+    assert stages["rejection"].sampling.max_new_tokens == stages["rejection"].filters.max_tokens \
+        == 3072
+    assert stages["all_rl"].data.train == "/d/t.jsonl+/d/g.jsonl"
+
+
+def test_distill_real_budget_is_the_students():
+    long = _stages("distill.py:student=llama3.1-8b,student_ckpt=/m,teacher=/t")
+    assert long["traces"].sampling.max_new_tokens == long["eval_student"].eval.max_new_tokens \
+        == 32_768
+    assert long["student_sft"].data.seq_len == 1024 + 32_768
+    math = _stages("distill.py:student=qwen2.5-math-7b,student_ckpt=/m,teacher=/t")
+    assert math["traces"].sampling.max_new_tokens == 3072
+    assert math["student_sft"].data.seq_len == 4096
+    assert math["student_sft"].model.preset == "qwen2.5-math-7b"
 
 
 def test_bad_arguments_name_the_key():

@@ -16,7 +16,7 @@ def sft_config(policy, **overrides):
     config = ml_collections.ConfigDict(dict(
         job="sft", name="sft", model=dict(checkpoint=policy),
         data=dict(train="synthetic-cot:arithmetic+synthetic-general", test="synthetic-cot:arithmetic",
-                  synthetic_count=48, difficulty=1, seq_len=384),
+                  synthetic_count=48, difficulty=1, seq_len=256),
         sft=dict(optim=dict(learning_rate=1e-3, warmup_steps=2)),
         epochs=2, batch_rows=8, eval_every=0, checkpoint_every=2, progress_bar=False,
         mesh=dict(data=-1, fsdp=1, tensor=1)))

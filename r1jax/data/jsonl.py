@@ -8,7 +8,12 @@ Recognized without configuration (first match wins; names are matched exactly):
  GSM8K          ``question``                                ``answer`` — the worked solution; the gold
                                                             is the text after its last ``####``
  MATH-500       ``problem``                                 ``answer``
+ MATH           ``problem``                                 ``solution`` (Hendrycks' files) — the
+                                                            worked solution; the gold is its last
+                                                            ``\\boxed{…}`` (only without an answer
+                                                            field and without tests)
  AIME exports   ``problem`` / ``Problem``                   ``answer`` / ``Answer`` (often a number)
+ prompt sets    ``prompt``                                  ``answer``
  code sets      ``question`` / ``prompt``                   none; ``tests`` instead (see
                                                             ``r1jax.rewards.code``), plus optional
                                                             ``entry_point``, ``code_prefix``,
@@ -16,7 +21,9 @@ Recognized without configuration (first match wins; names are matched exactly):
 =============  ==========================================  ==========================================
 
 Optional everywhere: an id (``id``, ``ID``, ``unique_id``, ``task_id``, ``idx``; else the line
-number) and ``language`` (for the language-consistency reward). Every malformed line — bad UTF-8,
+number) and ``language`` (for the language-consistency reward). ``"general": true`` marks a prompt
+with no rule to judge it (writing, chat; DeepSeek-R1's final RL stage): it needs no answer, and a
+preference reward model scores its completions. Every malformed line — bad UTF-8,
 bad JSON, not an object, missing or empty question, missing or empty answer, malformed tests — is an
 error naming the file, line and field, or, with ``skip_bad_lines``, a counted ``Skipped`` entry.
 """
@@ -31,6 +38,7 @@ from r1jax.data.problem import DataError, Problem, ProblemSet, Skipped
 
 QUESTION_FIELDS = ("question", "problem", "Problem", "prompt")
 ANSWER_FIELDS = ("answer", "Answer", "final_answer", "expected_answer")
+SOLUTION_FIELDS = ("solution", "Solution")  # worked solutions whose last \boxed{} is the gold
 ID_FIELDS = ("id", "ID", "unique_id", "task_id", "idx")
 GSM8K_MARKER = "####"
 _TEST_KEYS = ("stdin", "call", "assert")
@@ -89,11 +97,20 @@ def parse_record(record: Any, path: str, line: int, config: JsonlConfig = JsonlC
         raise DataError(f"expected a JSON object, got {type(record).__name__}", path=path, line=line)
     q_field = _pick(record, config.question_field, QUESTION_FIELDS, "question", path, line, required=True)
     question = _text(record[q_field], q_field, path, line)
+    general = record.get("general", False)
+    if not isinstance(general, bool):
+        raise DataError("must be true or false", path=path, line=line, field="general")
     tests = _tests(record.get("tests"), path, line)
-    a_field = _pick(record, config.answer_field, ANSWER_FIELDS, "answer", path, line, required=not tests)
-    answer = ""
-    if a_field is not None:
-        answer = _gold(record[a_field], a_field, path, line)
+    solution = None
+    if config.answer_field is None and not (tests or general) and \
+            not any(f in record for f in ANSWER_FIELDS):
+        solution = next((f for f in SOLUTION_FIELDS if f in record), None)
+    if solution is not None:
+        answer = _boxed_gold(record[solution], solution, path, line)
+    else:
+        a_field = _pick(record, config.answer_field, ANSWER_FIELDS, "answer", path, line,
+                        required=not (tests or general))
+        answer = "" if a_field is None else _gold(record[a_field], a_field, path, line)
     id_field = _pick(record, config.id_field, ID_FIELDS, "id", path, line, required=False)
     problem_id = str(record[id_field]) if id_field is not None else f"{os.path.basename(path)}:{line}"
     language = record.get("language", config.default_language)
@@ -106,7 +123,7 @@ def parse_record(record: Any, path: str, line: int, config: JsonlConfig = JsonlC
     if tests and any("stdin" not in t for t in tests) and "entry_point" not in optional:
         raise DataError("call/assert tests need an 'entry_point'", path=path, line=line, field="entry_point")
     return Problem(id=problem_id, question=question, answer=answer, tests=tests, language=language,
-                   source=f"{path}:{line}", **optional)
+                   source=f"{path}:{line}", general=general, **optional)
 
 
 def _decode_line(raw: bytes, path: str, line: int) -> Any:
@@ -158,6 +175,19 @@ def _gold(value: Any, field: str, path: str, line: int) -> str:
         raise DataError("is empty" + (" after '####'" if GSM8K_MARKER in str(value) else ""),
                         path=path, line=line, field=field)
     return text
+
+
+def _boxed_gold(value: Any, field: str, path: str, line: int) -> str:
+    """The gold answer of a worked solution (MATH): the content of its last ``\\boxed{…}``."""
+    from r1jax.rewards.extract import last_boxed  # the reward's own reading of \boxed{}
+
+    text = _text(value, field, path, line)
+    boxed = last_boxed(text)
+    if not boxed:
+        raise DataError("has no non-empty \\boxed{...} final answer (a MATH solution's gold "
+                        "answer is its last \\boxed{}); add an 'answer' field",
+                        path=path, line=line, field=field)
+    return boxed
 
 
 def _tests(value: Any, path: str, line: int) -> tuple[dict, ...]:

@@ -1,6 +1,10 @@
 """Prompt templates: the R1-Zero template verbatim from the DeepSeek-R1 paper, and chat styles for
 instruct models. Selected by name in the config (``get_template``).
 
+``tokenizer`` (and ``tokenizer_think``, the reply opened inside ``<think>``) is the checkpoint's own
+chat template — Llama 3's, Qwen's, DeepSeek's — rendered once around a placeholder question with
+the ``CHAT_SYSTEM`` instructions; it needs the tokenizer (``get_template(name, tokenizer=tok)``).
+
 The question is substituted with ``str.replace``, never ``str.format``: math questions are full of
 braces (``\\frac{1}{2}``).
 """
@@ -77,13 +81,41 @@ TEMPLATES: dict[str, Template] = {
 }
 
 
-def get_template(name: str) -> Template:
-    """The template registered as ``name``; the error lists the choices."""
+# Prompt templates made from the tokenizer's own chat template: name -> reply opens in <think>.
+TOKENIZER_TEMPLATES = {"tokenizer": False, "tokenizer_think": True}
+_PLACEHOLDER = "\x00question\x00"
+
+
+def from_tokenizer(tokenizer, *, system: str | None = CHAT_SYSTEM, think_prefilled: bool = False,
+                   name: str = "tokenizer") -> Template:
+    """The tokenizer's chat template around one user turn (after ``system``, when given), with the
+    assistant's turn opened — inside ``<think>`` with ``think_prefilled``, or when the template
+    itself opens it (DeepSeek-R1's distilled models)."""
+    text = tokenizer.apply_chat_template(chat_messages(_PLACEHOLDER, system),
+                                         add_generation_prompt=True)
+    if text.count(_PLACEHOLDER) != 1 or PROMPT in text:
+        raise ValueError(f"the chat template of {tokenizer.path} does not render the question "
+                         "exactly once; use a named template instead")
+    text = text.replace(_PLACEHOLDER, PROMPT)
+    if think_prefilled and not text.rstrip().endswith("<think>"):
+        text += "<think>\n"
+    return Template(name, text, think_prefilled or text.rstrip().endswith("<think>"))
+
+
+def get_template(name: str, tokenizer=None) -> Template:
+    """The template registered as ``name``, or (``tokenizer``/``tokenizer_think``) the tokenizer's
+    own chat template; the error lists the choices."""
+    if name in TOKENIZER_TEMPLATES:
+        if tokenizer is None:
+            raise ValueError(f"prompt template {name!r} is the tokenizer's own chat template; "
+                             "this job did not pass its tokenizer (get_template(name, tokenizer=))")
+        return from_tokenizer(tokenizer, think_prefilled=TOKENIZER_TEMPLATES[name], name=name)
     if name not in TEMPLATES:
-        raise ValueError(f"unknown prompt template {name!r}; choose from {sorted(TEMPLATES)}")
+        raise ValueError(f"unknown prompt template {name!r}; choose from "
+                         f"{sorted(TEMPLATES) + sorted(TOKENIZER_TEMPLATES)}")
     return TEMPLATES[name]
 
 
-def render_prompt(question: str, template: str = "r1_zero") -> str:
+def render_prompt(question: str, template: str = "r1_zero", tokenizer=None) -> str:
     """``question`` in the named template."""
-    return get_template(template).render(question)
+    return get_template(template, tokenizer).render(question)

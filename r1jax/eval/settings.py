@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from r1jax.completions import SamplingRequest
+from r1jax.sampling_request import SamplingRequest
 from r1jax.data import get_template
 from r1jax.eval.benchmarks import get_benchmark
 from r1jax.rewards import RewardConfig

@@ -163,6 +163,9 @@ def run(cfg: PretrainConfig, workdir: str) -> dict:
     done = training_run.finished(workdir, cfg)
     if done is not None and os.path.isfile(os.path.join(output_dir, "SHA256SUMS")):
         return done
+    if jax.process_count() > 1:
+        raise ValueError("pretraining the tiny base runs in one process (its model is small and "
+                         "unsharded); run it without --processes / JAX_NUM_PROCESSES")
     training_run.start(workdir, cfg)
     log_path = os.path.join(workdir, "pretrain_log.jsonl")
     t0 = time.time()

@@ -10,10 +10,10 @@ import dataclasses
 from typing import Any, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from r1jax import completions as completions_lib
+from r1jax import distributed
 from r1jax.data import Problem, Sampler, SamplerState, Template
 from r1jax.rewards import RewardConfig, RewardPool, extract
 from r1jax.rollout import Rollout
@@ -138,10 +138,10 @@ def take_groups(parts: Sequence[Experience], picks: Sequence[tuple[int, int]]) -
         rollout, scored = part.rollout, part.scored
         rows = slice(g * group, (g + 1) * group)
         for name in fields:
-            fields[name].append(np.asarray(getattr(rollout, name))[rows])
+            fields[name].append(distributed.to_host(getattr(rollout, name))[rows])
         pad = prompt_len - rollout.prompt_tokens.shape[1]
-        prompts.append(np.pad(np.asarray(rollout.prompt_tokens)[g], (pad, 0)))
-        prompt_masks.append(np.pad(np.asarray(rollout.prompt_mask)[g], (pad, 0)))
+        prompts.append(np.pad(distributed.to_host(rollout.prompt_tokens)[g], (pad, 0)))
+        prompt_masks.append(np.pad(distributed.to_host(rollout.prompt_mask)[g], (pad, 0)))
         problems.append(part.problems[g])
         texts += scored.texts[rows]
         rewards.append(scored.rewards_PxG[g])
@@ -150,10 +150,12 @@ def take_groups(parts: Sequence[Experience], picks: Sequence[tuple[int, int]]) -
         think.append(scored.think_lengths[rows])
         for name in components:
             components[name].append(scored.components[name][rows])
-    merged = Rollout(**{k: jnp.asarray(np.concatenate(v)) for k, v in fields.items()},
-                     prompt_tokens=jnp.asarray(np.stack(prompts)),
-                     prompt_mask=jnp.asarray(np.stack(prompt_masks)),
-                     decode_steps=max(p.rollout.decode_steps for p in parts))
+    first = parts[0].rollout
+    merged = Rollout(**{k: distributed.like_rows(np.concatenate(v), getattr(first, k))
+                        for k, v in fields.items()},
+                     prompt_tokens=distributed.like_rows(np.stack(prompts), first.prompt_tokens),
+                     prompt_mask=distributed.like_rows(np.stack(prompt_masks), first.prompt_mask),
+                     decode_steps=max(int(p.rollout.decode_steps) for p in parts))
     scored = ScoredRollout(texts, np.stack(rewards), {k: np.concatenate(v) for k, v in
                                                       components.items()},
                            np.concatenate(lengths), np.concatenate(stopped), np.concatenate(think),

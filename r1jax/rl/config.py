@@ -25,6 +25,11 @@ class LossConfig:
     used ε = 10 (with ``epsilon_low >= 1`` the lower bound is inactive since ρ > 0). DAPO:
     ``epsilon_high=0.28, loss_agg="token-mean", beta=0``; Dr. GRPO: ``loss_agg=
     "seq-mean-token-sum-norm"`` with ``advantage_mode="dr_grpo"``; GSPO: ``ratio_level="sequence"``.
+
+    Dr. GRPO divides each sequence's token sum by the constant ``loss_norm_length``. Left None,
+    ``r1jax.rl.run_config.RunConfig`` sets it to the run's completion budget
+    ``rollout.max_new_tokens`` (the paper's choice); a ``LossConfig`` used without a ``RunConfig``
+    must set it, and ``losses.token_weights`` refuses that aggregation without it.
     """
 
     epsilon_low: float = 0.2
@@ -34,7 +39,7 @@ class LossConfig:
     kl_estimator: str = "k3"
     loss_agg: str = "seq-mean-token-mean"
     ratio_level: str = "token"
-    # Dr. GRPO divides each sequence's token sum by this constant (default: the completion budget).
+    # Dr. GRPO's constant divisor; None: RunConfig fills in rollout.max_new_tokens (see above).
     loss_norm_length: int | None = None
     # Truncated importance sampling against the sampler's log-probs (None: off).
     tis_cap: float | None = None

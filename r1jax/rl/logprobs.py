@@ -23,6 +23,8 @@ def sharded_token_logprobs(hidden_NxD, lm_head_DxV, targets_N, *, temperature, r
     """``kernels.token_logprobs`` over flat tokens, placed on ``sharding``'s mesh: the one wrapper
     that every caller (GRPO and SFT log-probs) goes through. Returns ``(logp_N, entropy_N or
     None)``."""
+    # "auto" resolved first: on a TPU mesh it is the Pallas kernel, which needs the wrapper below.
+    impl = kernels.resolve_logprob_impl(impl)
     call = functools.partial(kernels.token_logprobs, temperature=temperature,
                              return_entropy=return_entropy, impl=impl)
     if sharding is None or impl not in _PALLAS:

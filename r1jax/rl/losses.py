@@ -12,10 +12,12 @@ We minimize ``-J``. Variants, all switches of ``LossConfig``:
 * dual clip: for ``A < 0`` the per-token loss is at most ``-c·A`` (Ye et al., arXiv 1912.09729);
 * sequence-level ratio ``s_i = exp(1/|o_i| Σ_t log ρ_it)`` (GSPO, arXiv 2507.18071), applied per
   token as ``sg[s_i] · π_θ/sg[π_θ]`` so that its value is ``s_i`` and its gradient GSPO's;
-* KL estimators k1 ``log(π_θ/π_ref)``, k2 ``½ log²(π_θ/π_ref)``, k3 as above (Schulman, 2020);
+* KL estimators k1 ``log(π_θ/π_ref)``, k2 ``½ log²(π_θ/π_ref)``, k3 as above (Schulman, 2020),
+  k3's exponential continued linearly beyond ``log π_ref/π_θ = 20`` (see ``kl_penalty``);
 * aggregation: "seq-mean-token-mean" (GRPO: mean over sequences of the per-sequence token mean),
   "token-mean" (DAPO: mean over all tokens of the batch), "seq-mean-token-sum-norm" (Dr. GRPO,
-  arXiv 2503.20783: each sequence's token sum divided by a constant length);
+  arXiv 2503.20783: each sequence's token sum divided by the constant ``loss_norm_length``, which
+  ``RunConfig`` sets to the generation budget ``rollout.max_new_tokens`` unless given);
 * truncated importance sampling ``min(π_old/π_sampler, C)`` on the policy-gradient term, for
   rollouts from an inference engine whose numerics differ from the trainer's (with the sequence-
   level ratio, the weight is the sequence's geometric mean too).
@@ -37,27 +39,52 @@ def token_weights(mask_BxL, cfg: LossConfig, num_sequences=None):
     ``num_sequences`` is the number of sequences the mean runs over (default: the rows of
     ``mask``); pass the minibatch's when ``mask`` is one of its microbatches' — the weights must be
     computed for the minibatch as a whole.
+
+    "seq-mean-token-sum-norm" gives ``w_it = m_it / (B · cfg.loss_norm_length)`` and refuses a
+    missing length: ``mask``'s width is the step's longest completion rounded up to a bucket, so
+    dividing by it would change the normalizer (and the gradient's scale) from step to step.
     """
     mask = mask_BxL.astype(jnp.float32)
     rows = mask.shape[0] if num_sequences is None else num_sequences
     if cfg.loss_agg == "token-mean":
         return mask / jnp.maximum(jnp.sum(mask), 1.0)
     if cfg.loss_agg == "seq-mean-token-sum-norm":
-        length = cfg.loss_norm_length or mask.shape[1]
-        return mask / (rows * length)
+        if cfg.loss_norm_length is None:
+            raise ValueError(
+                'loss_agg="seq-mean-token-sum-norm" needs grpo.loss.loss_norm_length, a constant '
+                "(Dr. GRPO: the generation budget; RunConfig fills it from rollout.max_new_tokens)")
+        return mask / (rows * cfg.loss_norm_length)
     lengths_B1 = jnp.sum(mask, axis=1, keepdims=True)
     return mask / jnp.maximum(lengths_B1, 1.0) / rows
 
 
+K3_LINEAR_FROM = 20.0  # c: k3's exponential becomes its tangent line beyond x = c (e^c ≈ 4.9e8)
+
+
 def kl_penalty(logp_BxL, ref_logp_BxL, estimator: str):
-    """Per-token estimate of ``KL(π_θ ‖ π_ref)`` from samples of π_θ (k1, k2 or k3)."""
-    log_ratio = ref_logp_BxL - logp_BxL  # log π_ref/π_θ
+    """Per-token estimate of ``KL(π_θ ‖ π_ref)`` from samples of π_θ (k1, k2 or k3).
+
+    With ``x = log π_ref/π_θ``: k1 = -x, k2 = ½ x², and k3 (Schulman 2020; DeepSeekMath eq. 4)
+
+        k3 = π_ref/π_θ - log(π_ref/π_θ) - 1 = e^x - x - 1          for x ≤ c,
+        k3 = e^c (1 + x - c) - x - 1                                for x > c,
+
+    with ``c = K3_LINEAR_FROM``: beyond c, e^x is replaced by its tangent at c, so k3 stays finite
+    in float32 for any x while its value and slope are continuous at c and its slope
+    ``dk3/dx = e^c - 1 > 0`` keeps the sign of the exact ``e^x - 1`` (clamping the exponent alone
+    would give slope -1 there, rewarding the policy for moving further from the reference).
+    """
+    log_ratio = ref_logp_BxL - logp_BxL  # x = log π_ref/π_θ
     if estimator == "k1":
         return -log_ratio
     if estimator == "k2":
         return 0.5 * jnp.square(log_ratio)
-    # k3 = π_ref/π_θ - log(π_ref/π_θ) - 1 ≥ 0; clamp the exponent so a wild token cannot overflow.
-    return jnp.exp(jnp.minimum(log_ratio, 20.0)) - log_ratio - 1.0
+    # One expression for both pieces: e^x for x ≤ c (the second factor is 1), e^c (1 + x - c)
+    # beyond. As a product its derivative is e^c on both sides of c, also at x = c exactly, where a
+    # jnp.where would take half of jnp.minimum's tie gradient.
+    clamped = jnp.minimum(log_ratio, K3_LINEAR_FROM)
+    ratio = jnp.exp(clamped) * (1.0 + log_ratio - clamped)  # π_ref/π_θ, linear beyond c
+    return ratio - log_ratio - 1.0
 
 
 def importance_ratio(logp_BxL, old_logp_BxL, mask_BxL, level: str):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Mapping
 
-from r1jax.completions import SamplingRequest
+from r1jax.sampling_request import SamplingRequest
 from r1jax.data.sources import DataSource
 from r1jax.policy import ModelSource
 from r1jax.rl.config import GRPOConfig
@@ -102,3 +102,11 @@ class RunConfig:
             raise ValueError(
                 f"grpo.temperature ({self.grpo.temperature}) must equal rollout.temperature "
                 f"({self.rollout.temperature}): log-probs are of the distribution sampled from")
+        loss = self.grpo.loss
+        if loss.loss_agg == "seq-mean-token-sum-norm" and loss.loss_norm_length is None:
+            # Dr. GRPO's normalizer is a constant, the generation budget: resolved here once, so
+            # the update never falls back to the batch's width (which varies with each step's
+            # longest completion).
+            object.__setattr__(self, "grpo", dataclasses.replace(
+                self.grpo, loss=dataclasses.replace(
+                    loss, loss_norm_length=self.rollout.max_new_tokens)))

@@ -149,6 +149,8 @@ class Setup:
 
 def setup(cfg: RunConfig, workdir: str) -> Setup:
     sharding, model_cfg, params, tokenizer = training_run.start(workdir, cfg, cfg.model, cfg.mesh)
+    from r1jax import run_checks  # budgets, batch shards, template: before any compile
+    run_checks.check_grpo(cfg, model_cfg, sharding, tokenizer)
     train_set = load_problems(cfg.data, "train")
     test_set = load_problems(cfg.data, "test")
     template = get_template(cfg.data.template)

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 from safetensors.numpy import save_file
 
-from r1jax import training_run
+from r1jax import distributed, training_run
 from r1jax.data import Sampler, SamplerState
 from r1jax.data.preferences import KINDS, PreferencePair, load_pairs, synthetic_pairs
 from r1jax.metrics import EVAL_FILE, MetricsWriter
@@ -83,6 +83,8 @@ def run(cfg: RunConfig, workdir: str) -> dict:
         return done
     sharding, model_cfg, backbone, tokenizer = training_run.start(workdir, cfg, cfg.model,
                                                                   cfg.mesh)
+    from r1jax import run_checks  # budgets, batch shards, template: before any compile
+    run_checks.check_reward_model(cfg, model_cfg, sharding, tokenizer)
     train, test = _pairs(cfg.data, "train"), _pairs(cfg.data, "test")
     test_batch = encode_pairs(tokenizer, test, cfg.data.max_tokens)
     optimizer = make_optimizer(cfg.optim)
@@ -141,7 +143,7 @@ def run(cfg: RunConfig, workdir: str) -> dict:
 
 def export_reward_model(path: str, model_cfg, params, tokenizer) -> None:
     export_policy(path, model_cfg, params["backbone"], tokenizer)
+    head = {k: np.asarray(distributed.to_host(v), np.float32).reshape(np.shape(v))
+            for k, v in params["head"].items()}  # every process: a sharded head is gathered
     if jax.process_index() == 0:
-        head = {k: np.asarray(jax.device_get(v), np.float32).reshape(np.shape(v))
-                for k, v in params["head"].items()}
         save_file(head, os.path.join(path, HEAD_FILE))

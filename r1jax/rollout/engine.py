@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from r1jax import models
+from r1jax import distributed, models
 from r1jax.models import ModelConfig, decode
 from r1jax.models.layers import rope_tables
 from r1jax.rollout.sampling import SamplingParams, sample_with_uniform
@@ -324,18 +324,27 @@ def generate(
 
 def cut_at_stop_strings(rollout: Rollout, tokenizer, stop_strings: Sequence[str], pad_id: int = 0
                         ) -> Rollout:
-    """End each completion at the first token whose decoded text completes a stop string."""
-    tokens = np.asarray(rollout.tokens).copy()
-    lengths = np.asarray(rollout.lengths).copy()
-    stopped = np.asarray(rollout.stopped).copy()
+    """End each completion at the first token whose decoded text completes a stop string.
+
+    Each process checks its share of the rows (``distributed.host_rows``); the cuts are gathered
+    so that every process builds the same arrays, laid out like the rollout's."""
+    tokens = distributed.to_host(rollout.tokens).copy()
+    lengths = distributed.to_host(rollout.lengths).copy()
+    stopped = distributed.to_host(rollout.stopped).copy()
     decode = lambda ids: tokenizer.decode(ids, skip_special=False)  # noqa: E731
-    for row in range(tokens.shape[0]):
-        cut = stop_string_cut(decode, tokens[row, :lengths[row]].tolist(), stop_strings)
+    mine = range(tokens.shape[0])[distributed.host_rows(tokens.shape[0])]
+    cuts = distributed.allgather(
+        [stop_string_cut(decode, tokens[row, :lengths[row]].tolist(), stop_strings)
+         for row in mine])
+    for row, cut in enumerate(cuts):
         if cut is not None:
             lengths[row], stopped[row] = cut, True
             tokens[row, cut:] = pad_id
     mask = np.arange(tokens.shape[1])[None, :] < lengths[:, None]
-    logprobs = np.where(mask, np.asarray(rollout.logprobs), 0.0).astype(np.float32)
-    return dataclasses.replace(rollout, tokens=jnp.asarray(tokens), lengths=jnp.asarray(lengths),
-                               mask=jnp.asarray(mask), logprobs=jnp.asarray(logprobs),
-                               stopped=jnp.asarray(stopped))
+    logprobs = np.where(mask, distributed.to_host(rollout.logprobs), 0.0).astype(np.float32)
+    return dataclasses.replace(
+        rollout, tokens=distributed.like_rows(tokens, rollout.tokens),
+        lengths=distributed.like_rows(lengths, rollout.lengths),
+        mask=distributed.like_rows(mask, rollout.mask),
+        logprobs=distributed.like_rows(logprobs, rollout.logprobs),
+        stopped=distributed.like_rows(stopped, rollout.stopped))

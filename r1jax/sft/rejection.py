@@ -18,7 +18,7 @@ import os
 import jax
 
 from r1jax import completions, training_run
-from r1jax.completions import SamplingRequest
+from r1jax.sampling_request import SamplingRequest
 from r1jax.data import get_template
 from r1jax.data.sources import DataSource, load_problems
 from r1jax.policy import ModelSource

@@ -84,6 +84,8 @@ def run(cfg: RunConfig, workdir: str) -> dict:
     if done is not None:
         return done
     sharding, model_cfg, params, tokenizer = training_run.start(workdir, cfg, cfg.model, cfg.mesh)
+    from r1jax import run_checks  # budgets, batch shards, template: before any compile
+    run_checks.check_sft(cfg, model_cfg, sharding, tokenizer)
     examples, rows, dropped, test_rows = _data(cfg, tokenizer)
     per_epoch = rows.num_rows // cfg.batch_rows
     if per_epoch < 1:

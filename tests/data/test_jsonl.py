@@ -96,3 +96,38 @@ def test_skipping_counts_bad_lines(tmp_path):
 def test_empty_file_is_an_error(tmp_path):
     with pytest.raises(DataError, match="no records"):
         load_jsonl(_write(tmp_path / "empty.jsonl", [""]))
+
+
+def test_math_solutions_give_their_last_boxed_answer(tmp_path):
+    path = _write(tmp_path / "math.jsonl", [
+        {"problem": "Simplify $\\frac{2}{4}$.", "solution": "We get $\\boxed{\\frac{1}{2}}$, so "
+         "$\\boxed{\\frac{1}{2}}$.", "level": "Level 1", "type": "Algebra"},
+        {"problem": "Both?", "solution": "\\boxed{no}", "answer": "3"},  # an answer field wins
+        {"prompt": "Compute 6 times 7.", "answer": "42"},
+        {"question": "Add code.", "solution": "def f(): pass", "entry_point": "f",
+         "tests": [{"assert": "assert f() is None"}]},  # a code line's solution is not a gold
+    ])
+    problems = load_jsonl(path)
+    assert [p.answer for p in problems] == ["\\frac{1}{2}", "3", "42", ""]
+    assert [p.kind for p in problems] == ["math", "math", "math", "code"]
+
+
+@pytest.mark.parametrize("line, message", [
+    ({"problem": "x", "solution": "It is 4."}, ":2 field 'solution': has no non-empty \\boxed{...}"),
+    ({"problem": "x", "solution": "\\boxed{}"}, ":2 field 'solution': has no non-empty"),
+    ({"problem": "x", "solution": 4}, ":2 field 'solution': must be a string"),
+    ({"prompt": "x", "general": "yes"}, ":2 field 'general': must be true or false"),
+])
+def test_bad_solution_and_general_lines_are_named(tmp_path, line, message):
+    path = _write(tmp_path / "bad.jsonl", [{"question": "fine", "answer": "1"}, line])
+    with pytest.raises(DataError) as info:
+        load_jsonl(path)
+    assert str(path) in str(info.value) and message in str(info.value)
+
+
+def test_general_prompts_need_no_answer(tmp_path):
+    path = _write(tmp_path / "general.jsonl", [
+        {"question": "Write a haiku about the sea.", "general": True, "response": "..."},
+        {"prompt": "Say hi.", "general": False, "answer": "hi"}])
+    general, judged = load_jsonl(path)
+    assert (general.kind, general.answer, judged.kind) == ("general", "", "math")

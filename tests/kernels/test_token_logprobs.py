@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from kernels import LogprobBlockSizes, token_logprobs
-from kernels.logprobs import _resolve_impl
+from kernels.logprobs import resolve_impl
 
 F32_TOL = 5e-5  # of max |oracle|, per output
 BF16_TOL = 1e-2
@@ -184,7 +184,7 @@ def test_jit_and_mixed_dtypes_promote():
 
 
 def test_auto_picks_xla_chunked_on_cpu():
-    assert _resolve_impl("auto") == "xla_chunked"
+    assert resolve_impl("auto") == "xla_chunked"
 
 
 def test_xla_chunked_never_materializes_logits():

@@ -14,7 +14,7 @@ def _tiny_grpo_config(checkpoint: str, **overrides) -> ml_collections.ConfigDict
         job="grpo", name="test", steps=4, prompts_per_step=4, seed=0,
         model=dict(checkpoint=checkpoint),
         data=dict(train="synthetic:arithmetic", test="synthetic:arithmetic", difficulty=1,
-                  num_train=64, num_test=8, max_prompt_tokens=256),
+                  num_train=64, num_test=8, max_prompt_tokens=192),
         rollout=dict(max_new_tokens=12),
         grpo=dict(group_size=4, loss=dict(beta=0.04), optim=dict(learning_rate=1e-3)),
         rewards=dict(num_workers=0),

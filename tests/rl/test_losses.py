@@ -7,7 +7,10 @@ import numpy as np
 import pytest
 
 import kernels
-from r1jax.rl import LossConfig, grpo_loss
+from r1jax.configdict import from_config
+from r1jax.rl import LossConfig, grpo_loss, kl_penalty, token_weights
+from r1jax.rl import losses
+from r1jax.rl.run_config import RunConfig
 
 B, L = 6, 7
 
@@ -43,8 +46,7 @@ def np_loss(logp, old, ref, adv, mask, cfg: LossConfig, sampler=None):
         return sum(rows) / B
     if cfg.loss_agg == "token-mean":
         return (per_token * mask).sum() / mask.sum()
-    norm = cfg.loss_norm_length or L
-    return (per_token * mask).sum() / (B * norm)
+    return (per_token * mask).sum() / (B * cfg.loss_norm_length)  # Dr. GRPO: a constant
 
 
 def random_inputs(seed):
@@ -60,9 +62,12 @@ def random_inputs(seed):
     return logp, old, ref, adv, mask, sampler
 
 
+NORM_LENGTH = 10  # Dr. GRPO's constant, unequal to the batch width L so that using L would show
+
 VARIANTS = [
     dict(epsilon_low=el, epsilon_high=eh, dual_clip=dc, beta=beta, kl_estimator=kl, loss_agg=agg,
-         ratio_level=level, tis_cap=tis)
+         ratio_level=level, tis_cap=tis,
+         loss_norm_length=NORM_LENGTH if agg == "seq-mean-token-sum-norm" else None)
     for (el, eh), dc, beta, kl, agg, level, tis in itertools.product(
         [(0.2, 0.2), (0.2, 0.28)], [None, 3.0], [0.0, 0.04], ["k1", "k2", "k3"],
         ["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"], ["token", "sequence"],
@@ -127,7 +132,7 @@ def test_zero_variance_groups_contribute_no_policy_gradient():
     assert int(result.zero_std_P.sum()) == 1
     adv = result.advantages_PxG.reshape(-1)
     for agg in ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"):
-        cfg = LossConfig(beta=0.0, loss_agg=agg)
+        cfg = LossConfig(beta=0.0, loss_agg=agg, loss_norm_length=NORM_LENGTH)
         grad = jax.grad(lambda lp: grpo_loss(lp, jnp.asarray(old), None, adv, jnp.asarray(mask),
                                              cfg)[0])(jnp.asarray(logp, jnp.float32))
         assert np.all(np.asarray(grad)[:3] == 0) and np.any(np.asarray(grad)[3:] != 0)
@@ -139,7 +144,6 @@ def test_kl_estimators_are_unbiased_or_as_documented():
     q = np.array([0.2, 0.5, 0.3])
     kl = float(np.sum(p * np.log(p / q)))
     logp, logq = jnp.log(jnp.asarray(p))[None], jnp.log(jnp.asarray(q))[None]
-    from r1jax.rl import kl_penalty
     for est in ("k1", "k3"):
         assert abs(float(jnp.sum(jnp.asarray(p) * kl_penalty(logp, logq, est)[0])) - kl) < 1e-6
     assert float(jnp.min(kl_penalty(logp, logq, "k3"))) >= 0
@@ -154,3 +158,90 @@ def test_bad_loss_config_names_the_field():
         LossConfig(dual_clip=0.5)
     with pytest.raises(ValueError, match="beta > 0 needs the reference"):
         grpo_loss(jnp.zeros((1, 2)), None, None, jnp.zeros(1), jnp.ones((1, 2)), LossConfig())
+
+
+def _k3_inputs(x):
+    """``(logp, ref_logp)`` in float32 with ``ref - logp = x`` and both log-probs <= 0."""
+    x = np.asarray(x, np.float64)
+    logp = -1.0 - np.maximum(x, 0.0)
+    return jnp.asarray(logp, jnp.float32), jnp.asarray(logp + x, jnp.float32)
+
+
+def test_k3_is_exact_below_the_linear_piece_and_its_gradient_keeps_its_sign_beyond():
+    """k3 = e^x - x - 1 with x = log π_ref/π_θ (float64 reference) up to the clamp; beyond it the
+    value stays finite and dk3/dlogp = -(dk3/dx) stays negative, as the exact -(e^x - 1)."""
+    c = losses.K3_LINEAR_FROM
+    assert c == 20.0  # the points below straddle it
+    k3 = lambda lp, ref: jnp.sum(kl_penalty(lp, ref, "k3"))  # noqa: E731
+    beyond = np.array([21.0, 25.0, 40.0, 100.0])
+    logp, ref = _k3_inputs(beyond)
+    grad = np.asarray(jax.grad(k3)(logp, ref))
+    assert np.all(np.isfinite(grad)) and np.all(grad < 0), grad
+    # The slope is continuous at the clamp: e^c - 1 (in x) on the linear piece.
+    np.testing.assert_allclose(grad, -np.expm1(c), rtol=1e-5)
+    value = np.asarray(kl_penalty(logp, ref, "k3"))
+    assert np.all(np.isfinite(value)) and np.all(np.diff(value) > 0), value  # still increasing
+    logp, ref = _k3_inputs([1000.0])
+    assert np.isfinite(float(kl_penalty(logp, ref, "k3")[0]))
+
+    below = np.array([-30.0, -5.0, -1.0, -0.1, 0.0, 0.1, 1.0, 5.0, 10.0, 19.5, c])
+    logp, ref = _k3_inputs(below)
+    x = np.asarray(ref, np.float64) - np.asarray(logp, np.float64)
+    np.testing.assert_allclose(np.asarray(kl_penalty(logp, ref, "k3")), np.expm1(x) - x,
+                               rtol=1e-5, atol=1e-6)
+    # x = c included: the slope there is e^c - 1 too, not half of it from jnp.minimum's tie.
+    np.testing.assert_allclose(np.asarray(jax.grad(k3)(logp, ref)), -np.expm1(x), rtol=1e-5,
+                               atol=1e-6)
+    # Value continuous at the clamp: just below and just above agree to first order.
+    logp, ref = _k3_inputs([c - 1e-3, c + 1e-3])
+    lo, hi = np.asarray(kl_penalty(logp, ref, "k3"), np.float64)
+    assert abs(hi - lo - 2e-3 * np.expm1(c)) <= 1e-4 * hi
+
+
+def _dr_grpo_loss_config(max_new_tokens):
+    """The LossConfig a Dr. GRPO run trains with: the loss section left at its defaults except the
+    aggregation, resolved by ``RunConfig`` as ``r1jax.rl.trainer`` receives it."""
+    run = from_config(RunConfig, dict(
+        job="grpo", steps=1, prompts_per_step=2, model=dict(checkpoint="/m"),
+        rollout=dict(max_new_tokens=max_new_tokens),
+        grpo=dict(group_size=2, advantage_mode="dr_grpo",
+                  loss=dict(beta=0.04, loss_agg="seq-mean-token-sum-norm"))))
+    return run.grpo.loss
+
+
+def test_dr_grpo_normalizer_does_not_depend_on_the_batch_width():
+    """The update keeps ``completion_bucket`` columns: the step's longest completion rounded up to
+    16. The same completions padded to 16 or 48 columns must get the same per-token weights, loss
+    and gradient — Dr. GRPO's divisor is the budget, not the width."""
+    budget = 64
+    cfg = _dr_grpo_loss_config(budget)
+    rng = np.random.default_rng(0)
+    lengths = np.array([3, 16, 9, 1])
+    mask = (np.arange(48)[None] < lengths[:, None]).astype(np.float32)
+    # Padding columns hold garbage: it must not matter.
+    logp = -rng.uniform(0.05, 3.0, (4, 48)).astype(np.float32)
+    old = (logp + rng.normal(0, 0.3, (4, 48))).astype(np.float32)
+    ref = (logp + rng.normal(0, 0.5, (4, 48))).astype(np.float32)
+    adv = jnp.asarray(rng.normal(0, 1, 4), jnp.float32)
+
+    def at_width(width):
+        cut = [jnp.asarray(a[:, :width]) for a in (logp, old, ref, mask)]
+        weights = token_weights(cut[3], cfg)
+        loss, grad = jax.value_and_grad(
+            lambda lp: grpo_loss(lp, cut[1], cut[2], adv, cut[3], cfg)[0])(cut[0])
+        return np.asarray(weights), float(loss), np.asarray(grad)
+
+    w16, loss16, grad16 = at_width(16)
+    w48, loss48, grad48 = at_width(48)
+    np.testing.assert_array_equal(w48[:, :16], w16)
+    assert not np.any(w48[:, 16:])
+    np.testing.assert_allclose(w16, mask[:, :16] / (4 * budget), rtol=1e-6)
+    assert loss48 == pytest.approx(loss16, rel=1e-6)
+    np.testing.assert_allclose(grad48[:, :16], grad16, rtol=1e-6, atol=1e-9)
+    assert not np.any(grad48[:, 16:])
+
+
+def test_dr_grpo_without_a_normalizer_is_refused():
+    cfg = LossConfig(loss_agg="seq-mean-token-sum-norm")
+    with pytest.raises(ValueError, match="grpo.loss.loss_norm_length"):
+        token_weights(jnp.ones((2, 16)), cfg)

@@ -1,0 +1,155 @@
+"""launch/aot.py and r1jax.rl.aot: will a run fit a TPU slice? Compiled here for the topology.
+
+Which programs a step runs is checked without compiling; the fit checks compile for a v5e 2×2
+topology with libtpu (skipped without it): the tiny model fits, a 7B recipe does not, and a budget
+past the model's positions is refused before anything compiles.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from r1jax.configdict import from_config, load_experiment
+from r1jax.rl import aot
+from r1jax.rl.run_config import RunConfig
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+R1_ZERO = os.path.join(ROOT, "experiments", "r1_zero.py")
+# The Mosaic log-prob kernel needs its shard_map wrapper, which impl="auto" skips today (see
+# r1jax/rl/logprobs.py); named explicitly, the programs compile as they would on the slice.
+PALLAS = "grpo.logprob_impl=pallas_tpu"
+NOISE = ("E0000", "=== Source Location", "learning/", "WARNING", "Failed to find host bounds")
+
+
+def _env():
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update(JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", ALLOW_MULTIPLE_LIBTPU_LOAD="1")
+    return env
+
+
+def _aot(spec, *overrides, extra=(), timeout=600):
+    cmd = [sys.executable, "launch/aot.py", f"--config={spec}", "--topology=v5e:2x2",
+           *[f"--config.{o}" for o in overrides], *extra]
+    done = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True,
+                          timeout=timeout)
+    done.stderr = "\n".join(line for line in done.stderr.splitlines()
+                            if not line.startswith(NOISE))
+    return done
+
+
+def _config(spec, **flat):
+    config = load_experiment(spec)
+    config.update_from_flattened_dict(flat)
+    return from_config(RunConfig, config)
+
+
+def test_plan_mirrors_the_trainer():
+    tiny = _config(R1_ZERO)  # one minibatch, one iteration, β = 0: on-policy
+    assert aot.plan_step(tiny).phases == ("rollout", "grpo_step", "eval_rollout")
+    paper = aot.plan_step(_config(f"{R1_ZERO}:model=qwen2.5-math-7b"))  # 16 minibatches, β > 0
+    assert paper.phases == aot.PHASES and paper.old_logprobs == "recompute"
+    assert paper.ref_program and not paper.ref_in_update and paper.minibatch_rows == 32
+    # β > 0 with one update per rollout: the reference forward is inside the update.
+    inside = aot.plan_step(_config(R1_ZERO, **{"grpo.loss.beta": 0.04}))
+    assert inside.ref_in_update and "ref_logprobs" not in inside.phases
+    # The sampler's log-probs: no old-policy program; no evaluation without problems.
+    sampler = aot.plan_step(_config(R1_ZERO, **{"grpo.num_minibatches": 2,
+                                                "grpo.old_logprobs": "sampler",
+                                                "eval.num_problems": 0}))
+    assert sampler.old_logprobs == "sampler" and sampler.phases == ("rollout", "grpo_step")
+    # Prompts are padded to generate's bucket, as the rollout pads them.
+    assert aot.plan_step(_config(R1_ZERO, **{"data.max_prompt_tokens": 300})).prompt_width == 512
+    with pytest.raises(aot.BudgetError, match="data.max_prompt_tokens"):
+        aot.plan_step(_config(R1_ZERO, **{"data.max_prompt_tokens": 200_000}))
+
+
+def test_architecture_comes_from_the_checkpoint_as_the_run_takes_it():
+    tiny = _config(R1_ZERO)  # experiments/assets/tiny_base: a config.json, no preset
+    assert aot.resolve_model(tiny).vocab_size == 1024
+    with pytest.raises(aot.BudgetError, match="is not model.preset 'tiny'"):
+        aot.compile_for_topology(_config(R1_ZERO, **{"model.preset": "tiny"}), "v5e:2x2")
+
+
+def test_out_of_memory_messages_give_the_bytes_needed():
+    assert aot.required_bytes("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory "
+                              "required for HLO temporaries (60.29G) exceeds available HBM "
+                              "(15.75G).") == int(60.29 * 2**30)
+    assert aot.required_bytes("Used 17.50G of 15.48G hbm. Exceeded hbm capacity by 2.02G.") == \
+        int(17.5 * 2**30)
+    assert aot.required_bytes("INVALID_ARGUMENT: something else") is None
+
+
+def test_aot_reports_per_chip_memory_for_tiny(tmp_path):
+    """The tiny recipe (its checkpoint's config.json), shrunk: every program of a step compiled
+    (β > 0 and two minibatches: old and reference log-prob programs too), what stays resident
+    counted around each; it fits."""
+    pytest.importorskip("libtpu", reason="libtpu is not installed (pip install 'jax[tpu]')")
+    out = tmp_path / "aot.json"
+    done = _aot(R1_ZERO, "mesh.data=1", "mesh.fsdp=-1", "prompts_per_step=4",
+                "grpo.group_size=4", "data.max_prompt_tokens=16", "rollout.max_new_tokens=16",
+                "eval.max_new_tokens=16", "grpo.num_minibatches=2", "grpo.loss.beta=0.04", PALLAS,
+                extra=[f"--json={out}", "--markdown"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "fits in 16.00 GiB" in done.stdout and "| grpo_step | 2/step |" in done.stdout
+    report = json.loads(out.read_text())
+    assert report["chips"] == 4 and report["fits"] is True and report["skipped"] == []
+    phases = {p["name"]: p for p in report["phases"]}
+    assert list(phases) == list(aot.PHASES)
+    state = report["state_bytes"]
+    assert state["parameters"] > 0 and state["optimizer"] > 0
+    assert state["reference"] == state["parameters"]  # β > 0: a separate copy, always resident
+    for p in phases.values():
+        program = p["program"]
+        assert p["peak_bytes"] == p["resident_bytes"] + (
+            program["argument_bytes"] + program["output_bytes"] - program["alias_bytes"]
+            + program["temp_bytes"] + program["code_bytes"])
+    resident = {name: dict(p["resident"]) for name, p in phases.items()}
+    # The rollout takes the parameters; the optimizer state and the reference stay beside it.
+    assert resident["rollout"]["optimizer state"] == state["optimizer"]
+    assert resident["rollout"]["reference"] == state["reference"]
+    assert phases["rollout"]["program"]["argument_bytes"] >= state["parameters"]
+    # The update takes the train state, donated: its new state is written in place.
+    step = phases["grpo_step"]["program"]
+    assert step["argument_bytes"] >= state["parameters"] + state["optimizer"]
+    assert step["alias_bytes"] >= state["parameters"] + state["optimizer"]
+    assert resident["grpo_step"]["reference"] == state["reference"]
+    assert report["peak_bytes"] == max(p["peak_bytes"] for p in phases.values())
+
+
+def test_7b_recipe_does_not_fit_v5e_2x2():
+    """DeepSeek-R1-Zero on Qwen2.5-Math-7B (bf16, β > 0, 16 minibatches), shrunk to compile
+    quickly: its update alone needs several times a v5e chip's 16 GiB. XLA:TPU refuses that
+    program for want of HBM; the report says by how much, and the exit status is 2."""
+    pytest.importorskip("libtpu", reason="libtpu is not installed (pip install 'jax[tpu]')")
+    done = _aot(f"{R1_ZERO}:model=qwen2.5-math-7b,prompts=4,max_new_tokens=16",
+                "data.max_prompt_tokens=16", "eval.max_new_tokens=16", PALLAS,
+                extra=["--programs=grpo_step"])
+    assert done.returncode == 2, done.stdout + done.stderr[-3000:]
+    assert "qwen2.5-math-7b (7.62B parameters) on v5e:2x2 (4 chips)" in done.stdout
+    assert "DOES NOT FIT in 16.00 GiB" in done.stdout
+    assert "XLA:TPU refused to compile it: RESOURCE_EXHAUSTED" in done.stdout
+    assert "not compiled: rollout, old_logprobs, ref_logprobs, eval_rollout" in done.stdout
+
+
+def test_budget_past_the_models_positions_is_refused_before_compiling(monkeypatch):
+    """The README's first 7B budget, 1,024 prompt + 32,768 new tokens, on Qwen2.5-Math-7B's 4,096
+    positions: refused naming the fields and the largest budget that fits, and nothing compiles."""
+    pytest.importorskip("libtpu", reason="libtpu is not installed (pip install 'jax[tpu]')")
+    cfg = _config(f"{R1_ZERO}:model=qwen2.5-math-7b,max_new_tokens=32768",
+                  **{"eval.max_new_tokens": 32768})
+
+    def no_compiling(*args, **kwargs):
+        raise AssertionError("compiled before the budgets were checked")
+
+    monkeypatch.setattr(aot, "_compile", no_compiling)
+    with pytest.raises(aot.BudgetError) as refused:
+        aot.compile_for_topology(cfg, "v5e:2x2")
+    message = str(refused.value)
+    for part in ("data.max_prompt_tokens + rollout.max_new_tokens = 1024 + 32768", "4096",
+                 "lower rollout.max_new_tokens to 3072", "eval.max_new_tokens"):
+        assert part in message, message
+    done = _aot(f"{R1_ZERO}:model=qwen2.5-math-7b,max_new_tokens=32768", timeout=120)
+    assert done.returncode == 1 and not done.stdout
+    assert "refused before compiling" in done.stderr and "rollout.max_new_tokens" in done.stderr
