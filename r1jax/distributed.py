@@ -136,15 +136,6 @@ def like_rows(value: np.ndarray, reference: Any) -> Any:
     return jax.device_put(value, jax.sharding.NamedSharding(sharding.mesh, spec))
 
 
-def process_rows(global_rows: int) -> slice:
-    """The rows of a globally batched array that this process feeds (contiguous, equal shares)."""
-    count, index = jax.process_count(), jax.process_index()
-    if global_rows % count:
-        raise ValueError(f"{global_rows} rows do not split evenly over {count} processes")
-    share = global_rows // count
-    return slice(index * share, (index + 1) * share)
-
-
 def global_batch(local_tree: Any, shardings: Any) -> Any:
     """Assemble global arrays from each process's rows (``make_array_from_process_local_data``)."""
     return jax.tree.map(

@@ -47,7 +47,7 @@ def run(cfg: RunConfig, workdir: str) -> dict:
     summaries = {}
     for name in cfg.order:
         print(f"[r1jax] stage {name}", flush=True)
-        summary = pipeline.run(_resolve(dict(cfg.stages[name]), workdir),
+        summary = pipeline.run(resolve_workdir(dict(cfg.stages[name]), workdir),
                                os.path.join(workdir, name))
         summary = dict(getattr(summary, "metrics", summary))  # an evaluation's EvalResult
         summaries[name] = json.loads(json.dumps(summary, default=str))
@@ -56,13 +56,13 @@ def run(cfg: RunConfig, workdir: str) -> dict:
     return training_run.write_summary(workdir, cfg, {"stages": summaries})
 
 
-def _resolve(value: Any, workdir: str) -> Any:
+def resolve_workdir(value: Any, workdir: str) -> Any:
     if isinstance(value, str):
         return value.replace("{workdir}", workdir)
     if isinstance(value, dict):
-        return {k: _resolve(v, workdir) for k, v in value.items()}
+        return {k: resolve_workdir(v, workdir) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return type(value)(_resolve(v, workdir) for v in value)
+        return type(value)(resolve_workdir(v, workdir) for v in value)
     return value
 
 

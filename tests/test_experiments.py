@@ -32,7 +32,7 @@ def _stages(arg: str) -> dict:
     resolved = {}
     for name in config.order:
         stage = ml_collections.ConfigDict(
-            stage_chain._resolve(config.stages[name].to_dict(), "/runs/x"))  # noqa: SLF001
+            stage_chain.resolve_workdir(config.stages[name].to_dict(), "/runs/x"))
         _validate(stage)
         resolved[name] = stage
     return resolved

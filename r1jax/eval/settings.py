@@ -51,15 +51,11 @@ class EvalSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"EvalSettings.{name} must be a whole number >= 1, got {value!r}")
-        if not 0.0 <= self.temperature:
-            raise ValueError(f"EvalSettings.temperature must be >= 0 (0 = greedy), got {self.temperature}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"EvalSettings.top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise ValueError(f"EvalSettings.top_k must be >= 0 (0 = off), got {self.top_k}")
         object.__setattr__(self, "stop_strings", tuple(str(s) for s in self.stop_strings))
-        if any(not s for s in self.stop_strings):
-            raise ValueError("EvalSettings.stop_strings must not contain an empty string")
+        try:
+            self.request  # noqa: B018 — the sampling fields, checked as every request is
+        except ValueError as e:
+            raise ValueError(f"EvalSettings.{e}") from None
         pass_k = tuple(int(k) for k in self.pass_k) or (1, self.num_samples)
         pass_k = tuple(sorted(set(pass_k)))
         bad = [k for k in pass_k if not 1 <= k <= self.num_samples]

@@ -60,7 +60,7 @@ state = init_train_state(params, optimizer)
 step = make_grpo_step(GRPO, CFG, optimizer, state, sharding)
 for seed in (0, 1):
     full = make_batch(seed)
-    local = full.rows(*(lambda s: (s.start, s.stop))(distributed.process_rows(8)))
+    local = full.rows(*(lambda s: (s.start, s.stop))(distributed.host_rows(8)))
     batch = distributed.global_batch(local, sharding.rows(full))
     state, metrics = step(state, batch, ref_params)
 final = multihost_utils.process_allgather(state.params, tiled=True)
