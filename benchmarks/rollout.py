@@ -1,10 +1,13 @@
-"""Rollout throughput: r1jax's engine beside Hugging Face ``generate`` and Tunix's sampler.
+"""Rollout throughput: r1jax's engines beside Hugging Face ``generate``, Tunix's sampler and vLLM.
 
-    python benchmarks/rollout.py                  # both comparisons, 3 alternating rounds each
+    python benchmarks/rollout.py                  # every comparison, 3 alternating rounds each
     python benchmarks/rollout.py --rounds 5 --only hf
+    python benchmarks/rollout.py --only longtail  # lockstep vs paged on a geometric long tail
+    python benchmarks/rollout.py --only vllm      # vLLM vs lockstep vs paged, log-normal budgets
     python benchmarks/rollout.py --side r1jax-hf  # one side alone (prints a RESULT line)
+    python benchmarks/rollout.py --side r1jax-longtail-paged --slots 64
 
-Two works, each run by both systems in the same run, alternating A B A B … in fresh processes,
+Five works, each run by its sides in the same run, alternating A B A B … in fresh processes,
 each after waiting for an idle machine (``../shared/peers/wait_idle.sh``):
 
 * **HF work**: the peer's tiny Qwen2 (``../shared/peers/make_tiny_model.py``: 2 layers, d 128,
@@ -15,6 +18,27 @@ each after waiting for an idle machine (``../shared/peers/wait_idle.sh``):
   4×32 q heads, 2 kv heads, vocab 512, untied head), random init; 4 prompts × G 4 = 16
   sequences, byte tokens with BOS, left-padded to 32, 32 new tokens, KV cache 64, T = 1, top-p 1,
   EOS unreachable. Both sides start from prompt strings and end with completion strings.
+* **HF work, paged** (``--only hf-paged``): the HF work by r1jax's two engines, lockstep and paged
+  (``engine="paged"``, 32 decode slots, pages of 16): every sample runs its full 128 tokens, so
+  paging can only cost; the target is paged >= 0.9x lockstep.
+* **Geometric long tail** (``--only longtail``): the Tunix work's Qwen3 block, random init, but a
+  vocabulary of 32, so that the stop token (id 2) ends a sample with probability ~1/37 a step
+  (random init is not quite uniform) and lengths are ~geometric (mean 37); 32 prompts (16 random
+  tokens each) x G 8 = 256 samples, budget 512 (~14x the mean). Sides: lockstep and paged at each
+  ``--slots`` count. Each call ``i`` uses the key ``fold_in(key(0), i)`` on every side, so the
+  engines must give the same lengths (the paged engine is designed so); the table says whether
+  they did.
+* **Log-normal long tail, with vLLM** (``--only vllm``): exactly the work of
+  ``vllm_generate_bench.py --prompts 32 --group 8 --new 480
+  --lengths lognormal:mean=60,sigma=0.8,seed=0`` on the tiny Qwen2 (same weights): prompt i
+  repeats token 5 + i % 50 (16 tokens), sample i has the budget ``budgets()[i]`` (that script's
+  function, imported), EOS ignored, T = 1: 256 samples, 15,406 new tokens. Sides: vLLM (its CPU
+  build, ``VLLM_CPU_KVCACHE_SPACE=1 OMP_NUM_THREADS=2``, its own script's RESULT line), lockstep
+  and paged (``--vllm-slots``) with ``sample_budgets``.
+
+Long-tail tables give useful new tokens/s (sum of lengths / seconds), decode steps, slot
+utilization (sum of lengths / slot-steps executed), the KV cache the call allocated and its peak
+use (MiB: token slots x layers x 2 x kv heads x head dim x bytes), and ratios.
 
 New tokens/s = sequences × new tokens / seconds (prefill included); each process reports the
 median of ``--reps`` timed calls after 2 warm-up calls, and the table the median over rounds.
@@ -22,6 +46,11 @@ median of ``--reps`` timed calls after 2 warm-up calls, and the table the median
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
+import hashlib
+import importlib.util
+import inspect
 import os
 import statistics
 import sys
@@ -38,6 +67,10 @@ TUNIX_PROMPTS = [  # tunix_grpo_bench.py's prompts, taken 4 at a time
     "What is 2 ** 5? Answer:", "Compute 44 - 19. Answer:",
 ]
 PAD, BOS, EOS = 0, 1, 2
+LONGTAIL_WORK = dict(prompts=32, group=8, prompt_len=16, new=512, vocab=32, stop=2, page_size=16)
+VLLM_WORK = dict(prompts=32, group=8, prompt_len=16, new=480, page_size=16,
+                 lengths="lognormal:mean=60,sigma=0.8,seed=0")
+LONG_WARMUP = 1  # warm-up calls of the long-tail sides (the first compiles)
 
 
 class ByteTokenizer:
@@ -75,13 +108,17 @@ def _timed(call, reps: int, warmup: int = 2) -> dict:
     for i in range(warmup):
         call(i)
     contention = peer_runs.Contention()
-    times = []
+    times, stats = [], []
     for i in range(reps):
         t0 = time.perf_counter()
-        call(warmup + i)
+        stat = call(warmup + i)
         times.append(time.perf_counter() - t0)
-    return dict(seconds=statistics.median(times), seconds_min=min(times),
-                others_cores=contention.others_cores(), own_cores=contention.own_cores())
+        stats.append(stat)
+    res = dict(seconds=statistics.median(times), seconds_min=min(times),
+               others_cores=contention.others_cores(), own_cores=contention.own_cores())
+    if any(stat is not None for stat in stats):
+        res["calls"] = [dict(stat, seconds=t) for stat, t in zip(stats, times)]
+    return res
 
 
 # ------------------------------------------------------------------------------------ r1jax sides
@@ -131,6 +168,186 @@ def side_r1jax_tunix(reps: int) -> dict:
 
     res = _timed(call, reps)
     res["tokens_per_s"] = w["prompts"] * w["group"] * w["new"] / res["seconds"]
+    return res
+
+
+# ------------------------------------------------------------------ r1jax engines: paged, long tail
+def engine_kwargs(engine: str, slots: int | None, page_size: int) -> dict:
+    """``generate``'s engine arguments; lockstep runs on an r1jax without the ``engine=`` argument
+    too (it is the only engine there), paged needs it."""
+    from r1jax import rollout
+
+    if "engine" not in inspect.signature(rollout.generate).parameters:
+        if engine == "lockstep":
+            return {}
+        raise RuntimeError("r1jax.rollout.generate has no engine= argument: the paged engine is "
+                           "not in this checkout yet")
+    if engine == "lockstep":
+        return dict(engine="lockstep")
+    return dict(engine="paged", decode_slots=int(slots), page_size=int(page_size))
+
+
+def generate_accepts(name: str) -> bool:
+    from r1jax import rollout
+
+    return name in inspect.signature(rollout.generate).parameters
+
+
+def kv_bytes_per_token(cfg) -> int:
+    """Keys and values of every layer for one token slot."""
+    import jax.numpy as jnp
+
+    return cfg.num_layers * 2 * cfg.num_kv_heads * cfg.head_dim * jnp.dtype(cfg.dtype).itemsize
+
+
+def call_stats(out, cfg) -> tuple[dict, object]:
+    """One call's counts: useful tokens, decode steps, slot-steps, KV token slots (allocated and
+    peak). Where the Rollout predates ``slot_steps``/``kv_tokens`` (the lockstep engine before the
+    paged one landed), the lockstep values are computed: steps x rows, rows x (Lp + T)."""
+    import numpy as np
+
+    lengths = np.asarray(out.lengths)
+    rows, budget = out.tokens.shape
+    steps = int(out.decode_steps)
+    computed = not hasattr(out, "slot_steps")
+    slot_steps = steps * rows if computed else int(out.slot_steps)
+    kv = rows * (out.prompt_tokens.shape[1] + budget) if computed else int(out.kv_tokens)
+    kv_peak = kv if computed or getattr(out, "kv_tokens_peak", None) is None \
+        else int(out.kv_tokens_peak)
+    per_token = kv_bytes_per_token(cfg)
+    return dict(useful_tokens=int(lengths.sum()), decode_steps=steps, slot_steps=slot_steps,
+                kv_mib=kv * per_token / 2**20, kv_peak_mib=kv_peak * per_token / 2**20,
+                mean_length=float(lengths.mean()), max_length=int(lengths.max()),
+                stats_computed=computed), lengths
+
+
+def summarize_calls(res: dict, all_lengths: list) -> dict:
+    """Per-call stats -> medians (tokens/s per call), and a digest of every call's lengths (the
+    warm-up calls' too) that another engine given the same keys must reproduce."""
+    calls = res.pop("calls")
+    for key in ("decode_steps", "slot_steps", "useful_tokens", "kv_mib", "kv_peak_mib",
+                "mean_length", "max_length"):
+        res[key] = statistics.median(c[key] for c in calls)
+    res["tokens_per_s"] = statistics.median(c["useful_tokens"] / c["seconds"] for c in calls)
+    res["slot_utilization"] = statistics.median(c["useful_tokens"] / c["slot_steps"]
+                                                for c in calls)
+    res["stats_computed"] = any(c["stats_computed"] for c in calls)
+    digest = hashlib.sha1()
+    for lengths in all_lengths:
+        digest.update(lengths.astype("int32").tobytes())
+    res["lengths_digest"] = digest.hexdigest()[:12]
+    return res
+
+
+def longtail_model_config():
+    """The Tunix work's Qwen3 block with a 32-token vocabulary (the stop id 2 is ~1/32 a step)."""
+    w = LONGTAIL_WORK
+    return dataclasses.replace(tunix_model_config(), vocab_size=w["vocab"],
+                               max_position_embeddings=w["prompt_len"] + w["new"])
+
+
+def side_r1jax_longtail(reps: int, engine: str = "lockstep", slots: int = 64) -> dict:
+    import jax
+    import numpy as np
+
+    from r1jax import models, rollout
+
+    w = LONGTAIL_WORK
+    cfg = longtail_model_config()
+    params = models.init(cfg, jax.random.key(0))
+    prompts = np.random.default_rng(0).integers(3, w["vocab"], (w["prompts"], w["prompt_len"]))
+    kwargs = engine_kwargs(engine, slots, w["page_size"])
+    key, all_lengths = jax.random.key(0), []
+
+    def call(i):
+        out = rollout.generate(params, cfg, prompts.tolist(), rng=jax.random.fold_in(key, i),
+                               max_new_tokens=w["new"], group_size=w["group"], temperature=1.0,
+                               stop_ids=(w["stop"],), **kwargs)
+        jax.block_until_ready(out.tokens)
+        stats, lengths = call_stats(out, cfg)
+        all_lengths.append(lengths)
+        return stats
+
+    res = summarize_calls(_timed(call, reps, warmup=LONG_WARMUP), all_lengths)
+    res["engine"] = engine if engine == "lockstep" else f"paged S={slots}"
+    return res
+
+
+def vllm_budgets() -> list[int]:
+    """The per-sample budgets of ``vllm_generate_bench.py --lengths ...`` (its own function)."""
+    path = os.path.join(peer_runs.PEER_SCRIPTS, "vllm_generate_bench.py")
+    spec = importlib.util.spec_from_file_location("vllm_generate_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # imports vllm only inside main()
+    w = VLLM_WORK
+    return module.budgets(w["lengths"], w["prompts"] * w["group"], w["new"])
+
+
+def side_r1jax_vllm(reps: int, engine: str = "lockstep", slots: int = 64) -> dict:
+    import jax
+    import numpy as np
+
+    from r1jax import hf, rollout
+
+    w = VLLM_WORK
+    cfg, params = hf.load_pretrained(peer_runs.ensure_tiny_qwen2())
+    prompts = [[5 + (i % 50)] * w["prompt_len"] for i in range(w["prompts"])]
+    caps = vllm_budgets()
+    kwargs = engine_kwargs(engine, slots, w["page_size"])
+    if generate_accepts("sample_budgets"):
+        kwargs.update(max_new_tokens=w["new"], sample_budgets=caps)
+        emulated = False
+    elif engine == "lockstep":
+        # An r1jax without per-sample budgets: run every sample to the largest budget and count
+        # only each sample's own budget as useful (lockstep runs max(caps) steps either way).
+        kwargs.update(max_new_tokens=max(caps))
+        emulated = True
+    else:
+        raise RuntimeError("r1jax.rollout.generate has no sample_budgets= argument")
+    key, all_lengths = jax.random.key(0), []
+
+    def call(i):
+        out = rollout.generate(params, cfg, prompts, rng=jax.random.fold_in(key, i),
+                               group_size=w["group"], temperature=1.0, stop_ids=(), **kwargs)
+        jax.block_until_ready(out.tokens)
+        stats, lengths = call_stats(out, cfg)
+        if emulated:
+            assert (lengths == max(caps)).all()
+            lengths = np.asarray(caps)
+            stats["useful_tokens"] = int(lengths.sum())
+            stats["mean_length"], stats["max_length"] = float(lengths.mean()), int(lengths.max())
+        else:
+            assert lengths.tolist() == caps, "lengths differ from the per-sample budgets"
+        all_lengths.append(lengths)
+        return stats
+
+    res = summarize_calls(_timed(call, reps, warmup=LONG_WARMUP), all_lengths)
+    res["engine"] = engine if engine == "lockstep" else f"paged S={slots}"
+    res["budgets_emulated"] = emulated
+    return res
+
+
+def side_r1jax_hf_paged(reps: int, slots: int | None = None) -> dict:
+    """The HF work by the paged engine (every sample runs its full budget)."""
+    import jax
+    import numpy as np
+
+    from r1jax import hf, rollout
+
+    cfg, params = hf.load_pretrained(peer_runs.ensure_tiny_qwen2())
+    w = HF_WORK
+    prompts = np.random.default_rng(0).integers(2, cfg.vocab_size, (w["batch"], w["prompt_len"]))
+    kwargs = engine_kwargs("paged", slots or w["batch"], 16)
+    key = jax.random.key(0)
+
+    def call(i):
+        out = rollout.generate(params, cfg, prompts.tolist(), rng=jax.random.fold_in(key, i),
+                               max_new_tokens=w["new"], temperature=1.0, **kwargs)
+        jax.block_until_ready(out.tokens)
+        assert out.tokens.shape == (w["batch"], w["new"]) and int(out.lengths.min()) == w["new"]
+
+    res = _timed(call, reps)
+    res["tokens_per_s"] = w["batch"] * w["new"] / res["seconds"]
     return res
 
 
@@ -194,24 +411,126 @@ def parse_hf(stdout: str) -> dict:
     return res
 
 
-SIDES = {"r1jax-hf": side_r1jax_hf, "r1jax-tunix": side_r1jax_tunix, "tunix": side_tunix}
+def parse_vllm(stdout: str) -> dict:
+    """``vllm_generate_bench.py``'s ``RESULT key=value ...`` line -> the other sides' fields."""
+    lines = [l for l in stdout.splitlines() if l.startswith(peer_runs.RESULT)]
+    if not lines:
+        raise RuntimeError(f"could not parse vllm_generate_bench.py output:\n{stdout[-2000:]}")
+    kv = dict(item.split("=", 1) for item in lines[-1][len(peer_runs.RESULT):].split())
+    return dict(seconds=float(kv["seconds"]), tokens_per_s=float(kv["tokens_per_s"]),
+                useful_tokens=int(kv["new_tokens"]), samples=int(kv["samples"]),
+                max_length=int(kv["max_budget"]), version=kv["engine"])
+
+
+VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "OMP_NUM_THREADS": "2"}
+
+
+def vllm_command(reps: int) -> list[str]:
+    w = VLLM_WORK
+    return [peer_runs.peer_python("vllm"),
+            os.path.join(peer_runs.PEER_SCRIPTS, "vllm_generate_bench.py"),
+            "--model", peer_runs.ensure_tiny_qwen2(), "--prompts", str(w["prompts"]),
+            "--group", str(w["group"]), "--prompt-len", str(w["prompt_len"]),
+            "--new", str(w["new"]), "--lengths", w["lengths"], "--reps", str(reps)]
+
+
+def side_vllm(reps: int) -> dict:
+    """vLLM's side of the log-normal work: its own script in its own environment."""
+    return peer_runs.run_side(vllm_command(reps), parse_vllm, VLLM_ENV)
+
+
+SIDES = {"r1jax-hf": side_r1jax_hf, "r1jax-tunix": side_r1jax_tunix, "tunix": side_tunix,
+         "r1jax-hf-paged": side_r1jax_hf_paged,
+         "r1jax-longtail-lockstep": side_r1jax_longtail,
+         "r1jax-longtail-paged": functools.partial(side_r1jax_longtail, engine="paged"),
+         "r1jax-vllm-lockstep": side_r1jax_vllm,
+         "r1jax-vllm-paged": functools.partial(side_r1jax_vllm, engine="paged"),
+         "vllm": side_vllm}
+SLOTTED = {"r1jax-hf-paged", "r1jax-longtail-paged", "r1jax-vllm-paged"}
 R1JAX_ENV = {"JAX_PLATFORMS": "cpu"}
+WORKS = ["hf", "tunix", "hf-paged", "longtail", "vllm"]
+
+
+def paged_engine_present() -> bool:
+    from r1jax import rollout
+
+    return "engine" in inspect.signature(rollout.generate).parameters
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x]
+
+
+def _others_idle(results: dict) -> tuple[float, str]:
+    others = max(peer_runs.median(results[k], "others_cores") for k in results)
+    idle = all(r["idle_before"].startswith("idle") for k in results for r in results[k])
+    return others, "yes" if idle else "no"
+
+
+def longtail_table(results: dict, reference: str) -> str:
+    """One row per side of a long-tail work: tokens/s against ``reference`` (and against lockstep,
+    when that is not the reference), KV memory against lockstep."""
+    lockstep = results.get("r1jax lockstep")
+    ratio_to = [reference] + (["r1jax lockstep"] if lockstep and reference != "r1jax lockstep"
+                              else [])
+
+    def med(runs, key, spec):
+        value = peer_runs.median(runs, key)
+        return "n/a" if value != value else format(value, spec)
+
+    def ratio(runs, base, key):
+        value = peer_runs.median(runs, key) / peer_runs.median(results[base], key)
+        return "n/a" if value != value else f"{value:.2f}x"
+
+    rows = []
+    for name, runs in results.items():
+        digests = {r.get("lengths_digest") for r in runs}
+        agree = "-" if lockstep is None or name == "r1jax lockstep" or None in digests else (
+            "yes" if digests == {r.get("lengths_digest") for r in lockstep} else "NO")
+        rows.append([name, med(runs, "tokens_per_s", ",.0f"),
+                     *[ratio(runs, base, "tokens_per_s") for base in ratio_to],
+                     med(runs, "decode_steps", ",.0f"), med(runs, "slot_utilization", ".1%"),
+                     med(runs, "kv_mib", ",.2f"), med(runs, "kv_peak_mib", ",.2f"),
+                     ratio(runs, "r1jax lockstep", "kv_peak_mib") if lockstep else "n/a",
+                     agree, med(runs, "others_cores", ".2f")])
+    short = {"r1jax lockstep": "lockstep"}
+    return peer_runs.table(
+        ["side", "useful tok/s", *[f"vs {short.get(b, b)}" for b in ratio_to], "decode steps",
+         "slot util", "KV alloc MiB", "KV peak MiB", "peak KV vs lockstep", "lengths = lockstep",
+         "cores used by others"], rows)
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--side", choices=sorted(SIDES), help="run one side and print its RESULT")
     p.add_argument("--reps", type=int, default=10)
+    p.add_argument("--long-reps", type=int, default=3,
+                   help="timed calls per process in the long-tail works (each call takes seconds)")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--only", choices=["hf", "tunix"], default=None)
+    p.add_argument("--only", choices=WORKS, default=None)
+    p.add_argument("--slots", default=None,
+                   help="paged decode slots, comma-separated: the long-tail work runs one side "
+                        "per count (default 64,128); with --side, the first count (default: 64, "
+                        "the batch for r1jax-hf-paged)")
+    p.add_argument("--vllm-slots", default="64,128",
+                   help="paged decode slots in the vLLM work (one side per count)")
     p.add_argument("--idle-wait", type=int, default=900,
                    help="seconds to wait for an idle machine before each run (0: do not wait)")
     args = p.parse_args()
     if args.side:
-        peer_runs.emit(SIDES[args.side](args.reps))
+        fn = SIDES[args.side]
+        kwargs = {"slots": _ints(args.slots)[0]} if args.side in SLOTTED and args.slots else {}
+        peer_runs.emit(fn(args.reps, **kwargs))
         return
 
-    me = [sys.executable, os.path.abspath(__file__), "--reps", str(args.reps), "--side"]
+    def me(reps):
+        return [sys.executable, os.path.abspath(__file__), "--reps", str(reps), "--side"]
+
+    print(f"machine: {peer_runs.machine_line()}", flush=True)
+    paged = paged_engine_present()
+    if not paged and args.only in (None, "hf-paged", "longtail", "vllm"):
+        print("[rollout] r1jax.rollout.generate has no engine= argument yet: the paged sides are "
+              "left out", flush=True)
     comparisons = []
     if args.only in (None, "hf"):
         model = peer_runs.ensure_tiny_qwen2()
@@ -221,29 +540,84 @@ def main():
                   "--new", str(HF_WORK["new"]), "--runs", str(args.reps)]
         comparisons.append(("HF work: tiny Qwen2 (same weights), batch 32, prompt 16, 128 new",
                             "HF generate (torch CPU)",
-                            {"r1jax": (me + ["r1jax-hf"], None, R1JAX_ENV),
+                            {"r1jax": (me(args.reps) + ["r1jax-hf"], None, R1JAX_ENV),
                              "peer": (hf_cmd, parse_hf, {"OMP_NUM_THREADS": "2"})}))
     if args.only in (None, "tunix"):
         tunix_cmd = [peer_runs.peer_python("tunix"), os.path.abspath(__file__), "--reps",
                      str(args.reps), "--side", "tunix"]
         comparisons.append(("Tunix work: Qwen3 block, 4 prompts x G 4, prompt 32, 32 new",
                             "Tunix sampler (vanilla)",
-                            {"r1jax": (me + ["r1jax-tunix"], None, R1JAX_ENV),
+                            {"r1jax": (me(args.reps) + ["r1jax-tunix"], None, R1JAX_ENV),
                              "peer": (tunix_cmd, None, {"JAX_PLATFORMS": "cpu"})}))
-    print(f"machine: {peer_runs.machine_line()}", flush=True)
     rows = []
     for title, peer_name, sides in comparisons:
         results = peer_runs.alternate(sides, args.rounds, args.idle_wait)
         ours, theirs = (peer_runs.median(results[k], "tokens_per_s") for k in ("r1jax", "peer"))
-        others = max(peer_runs.median(results[k], "others_cores") for k in results)
-        idle = all(r["idle_before"].startswith("idle") for k in results for r in results[k])
+        others, idle = _others_idle(results)
         rows.append([title, peer_name, f"{theirs:,.0f}", f"{ours:,.0f}", f"{ours / theirs:.2f}x",
-                     f"{others:.2f}", "yes" if idle else "no"])
-    print()
-    print(f"Rollout new tokens/s, median of {args.rounds} alternating rounds "
-          f"(each the median of {args.reps} calls)")
-    print(peer_runs.table(["work", "peer", "peer tok/s", "r1jax tok/s", "r1jax / peer",
-                           "cores used by others", "idle before each run"], rows))
+                     f"{others:.2f}", idle])
+    if rows:
+        print()
+        print(f"Rollout new tokens/s, median of {args.rounds} alternating rounds "
+              f"(each the median of {args.reps} calls)")
+        print(peer_runs.table(["work", "peer", "peer tok/s", "r1jax tok/s", "r1jax / peer",
+                               "cores used by others", "idle before each run"], rows))
+
+    if args.only in (None, "hf-paged") and paged:
+        sides = {"r1jax lockstep": (me(args.reps) + ["r1jax-hf"], None, R1JAX_ENV),
+                 "r1jax paged": (me(args.reps) + ["r1jax-hf-paged", "--slots",
+                                                  str(HF_WORK["batch"])], None, R1JAX_ENV)}
+        results = peer_runs.alternate(sides, args.rounds, args.idle_wait)
+        lock, pag = (peer_runs.median(results[k], "tokens_per_s") for k in sides)
+        others, idle = _others_idle(results)
+        print()
+        print(f"HF work (fixed length), paged engine beside lockstep: new tokens/s, median of "
+              f"{args.rounds} alternating rounds (each the median of {args.reps} calls)")
+        print(peer_runs.table(
+            ["work", "lockstep tok/s", "paged tok/s (S 32, pages 16)", "paged / lockstep",
+             "target", "cores used by others", "idle before each run"],
+            [["tiny Qwen2, batch 32, prompt 16, 128 new", f"{lock:,.0f}", f"{pag:,.0f}",
+              f"{pag / lock:.2f}x", ">= 0.90x", f"{others:.2f}", idle]]))
+
+    if args.only in (None, "longtail"):
+        w = LONGTAIL_WORK
+        sides = {"r1jax lockstep": (me(args.long_reps) + ["r1jax-longtail-lockstep"], None,
+                                    R1JAX_ENV)}
+        for s in (_ints(args.slots or "64,128") if paged else []):
+            sides[f"r1jax paged S={s}"] = (me(args.long_reps) + ["r1jax-longtail-paged",
+                                                                 "--slots", str(s)],
+                                           None, R1JAX_ENV)
+        results = peer_runs.alternate(sides, args.rounds, args.idle_wait)
+        mean = peer_runs.median(results["r1jax lockstep"], "mean_length")
+        others, idle = _others_idle(results)
+        print()
+        print(f"Geometric long tail: Qwen3 block, vocab {w['vocab']}, stop id {w['stop']}, "
+              f"{w['prompts']} prompts x G {w['group']}, prompt {w['prompt_len']}, budget "
+              f"{w['new']} (mean length {mean:.1f}); medians of {args.rounds} alternating rounds "
+              f"(each the median of {args.long_reps} calls); idle before each run: {idle}")
+        print(longtail_table(results, "r1jax lockstep"))
+
+    if args.only in (None, "vllm"):
+        w = VLLM_WORK
+        sides = {"vLLM": (vllm_command(args.long_reps), parse_vllm, VLLM_ENV),
+                 "r1jax lockstep": (me(args.long_reps) + ["r1jax-vllm-lockstep"], None,
+                                    R1JAX_ENV)}
+        for s in (_ints(args.vllm_slots) if paged else []):
+            sides[f"r1jax paged S={s}"] = (me(args.long_reps) + ["r1jax-vllm-paged", "--slots",
+                                                                 str(s)], None, R1JAX_ENV)
+        results = peer_runs.alternate(sides, args.rounds, args.idle_wait)
+        version = results["vLLM"][0].get("version", "vllm")
+        emulated = any(r.get("budgets_emulated") for r in results["r1jax lockstep"])
+        others, idle = _others_idle(results)
+        print()
+        print(f"Log-normal long tail ({version}): tiny Qwen2, {w['prompts']} prompts x G "
+              f"{w['group']}, prompt {w['prompt_len']}, budgets {w['lengths']} capped at "
+              f"{w['new']}, EOS ignored; medians of {args.rounds} alternating rounds (each the "
+              f"median of {args.long_reps} calls); idle before each run: {idle}")
+        if emulated:
+            print("(this r1jax has no sample_budgets=: lockstep ran every sample to the largest "
+                  "budget, counting each sample's own budget as useful)")
+        print(longtail_table(results, "vLLM"))
 
 
 if __name__ == "__main__":

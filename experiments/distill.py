@@ -126,7 +126,7 @@ def paper(values):
             output_dir="{workdir}/traces/out",
             data=dict(train=train, num_train=10_000_000, max_prompt_tokens=prompt_tokens),
             sampling=dict(num_samples=4, temperature=0.6, top_p=0.95, max_new_tokens=new_tokens,
-                          batch_prompts=64),
+                          batch_prompts=64, engine=dict(kind="paged", page_size=64)),
             filters=dict(require_correct=True, require_format=True, min_language=0.95,
                          max_tokens=new_tokens),
             mesh=real),

@@ -72,7 +72,9 @@ def base():
                   num_train=20_000, num_test=200, seed=0, template="r1_zero",
                   max_prompt_tokens=256, skip_bad_lines=False),
         rollout=dict(max_new_tokens=64, temperature=1.0, top_p=1.0, top_k=0,
-                     stop_strings=("</answer>",)),
+                     stop_strings=("</answer>",),
+                     # lockstep for short fixed budgets; paged for long, long-tailed ones
+                     engine=dict(kind="lockstep", decode_slots=0, page_size=16, kv_pages=0)),
         grpo=dict(
             group_size=8, temperature=1.0, advantage_mode="grpo", advantage_eps=1e-4,
             num_minibatches=1, num_iterations=1, num_microbatches=1, old_logprobs="recompute",
@@ -160,7 +162,9 @@ def paper(model, values):
         data=dict(train=values.get("train", "/data/train.jsonl"),
                   test=values.get("test", "/data/math500.jsonl"), num_test=500,
                   template="r1_zero", max_prompt_tokens=prompt_tokens),
-        rollout=dict(max_new_tokens=new_tokens, temperature=1.0),
+        # Thousands of tokens, long-tailed: continuous batching over a paged cache.
+        rollout=dict(max_new_tokens=new_tokens, temperature=1.0,
+                     engine=dict(kind="paged", page_size=64)),
         grpo=dict(
             group_size=16, temperature=1.0, num_minibatches=16, num_iterations=1,
             num_microbatches=1, ref_update_interval=400,

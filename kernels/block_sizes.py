@@ -169,3 +169,30 @@ class AdvantageBlockSizes:
             raise ValueError(
                 f"AdvantageBlockSizes.block_p={self.block_p} must be a power of two for "
                 f"pallas_gpu; try {1 << (self.block_p.bit_length() - 1)}.")
+
+
+# ----------------------------------------------------------- ragged paged attention (TPU)
+# Tokens per kernel block when pages_per_block is not given: a lane-dense (Q, T) score tile and
+# ~1 MiB of DMA per block at K=8, E=128, bf16, which amortizes the per-block issue/wait overhead.
+PAGED_TARGET_BLOCK_TOKENS = 512
+# VMEM for the four K/V page buffers (2 pools x 2 slots); well under every chip's scoped default.
+PAGED_KV_BUFFER_BUDGET = 8 * 2**20
+
+
+def default_pages_per_block(page_size, max_pages, kv_heads, head_dim, itemsize):
+    """About ``PAGED_TARGET_BLOCK_TOKENS`` tokens per block, within the K/V buffer budget and M."""
+    per_page = 2 * 2 * kv_heads * page_size * head_dim * itemsize  # 2 pools x 2 slots
+    pages = max(1, PAGED_TARGET_BLOCK_TOKENS // page_size)
+    pages = min(pages, max(1, PAGED_KV_BUFFER_BUDGET // per_page))
+    return max(1, min(pages, max_pages))
+
+
+def paged_attention_vmem_bytes(kv_heads, num_queries, head_dim, page_size, pages_per_block,
+                               itemsize):
+    """Rough VMEM of one grid step: K/V buffers, q/out blocks, f32 state and block temporaries."""
+    block_len = page_size * pages_per_block
+    kv_buffers = 2 * 2 * kv_heads * block_len * head_dim * itemsize
+    q_out = 2 * 2 * kv_heads * max(num_queries, 8) * head_dim * itemsize
+    state = kv_heads * max(num_queries, 8) * (head_dim + 2 * TPU_LANES) * 4
+    temporaries = kv_heads * (4 * max(num_queries, 8) * block_len + 2 * block_len * head_dim) * 4
+    return kv_buffers + q_out + state + temporaries

@@ -65,7 +65,7 @@ def complete(params: Any, model_cfg, tokenizer: Tokenizer, prompts: Sequence[Seq
         group_size=group_size, temperature=request.temperature, top_p=request.top_p,
         top_k=request.top_k, stop_ids=request.stop_ids(tokenizer),
         stop_strings=request.stop_strings, tokenizer=tokenizer, pad_id=tokenizer.pad_id,
-        sharding=sharding)
+        sharding=sharding, **request.engine.generate_kwargs())
     completions = decode_completions(out, tokenizer)
     if reward_config is None:
         return completions

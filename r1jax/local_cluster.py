@@ -11,6 +11,7 @@ would on a pod.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -25,7 +26,29 @@ def is_child() -> bool:
     return os.environ.get(CHILD_ENV) == "1"
 
 
+def _ephemeral_ports() -> tuple[int, int]:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as f:
+            low, high = map(int, f.read().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
+    """A free local port below the ephemeral range: a port the kernel hands out as the source of
+    outgoing connections could be taken (or self-connected to) by the job's own clients before
+    its coordinator binds it."""
+    low, _ = _ephemeral_ports()
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(max(1024, low - 12000), max(1025, low))
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -49,7 +72,7 @@ def child_env(index: int, processes: int, port: int, devices_per_process: int,
 def launch(argv: Sequence[str], *, processes: int, devices_per_process: int = 1,
            log_dir: str = ".") -> int:
     """Runs ``argv`` as ``processes`` processes of one job; returns the job's exit code (the
-    first failing process's, else 0)."""
+    first failing process's, 128 + N for one killed by signal N, else 0)."""
     if processes < 1 or devices_per_process < 1:
         raise ValueError(f"need processes >= 1 and devices_per_process >= 1, got {processes}, "
                          f"{devices_per_process}")
@@ -101,7 +124,8 @@ def _wait(procs: list[subprocess.Popen], logs: list[str]) -> int:
             else:
                 print(f"[r1jax] process 0 of {len(procs)} failed (exit {codes[0]}); stopped "
                       "the others", file=sys.stderr, flush=True)
-            return codes[first]
+            # A process killed by signal N reads -N; a shell reports that as 128 + N.
+            return codes[first] if codes[first] > 0 else 128 - codes[first]
         if all(c == 0 for c in codes):
             return 0
         time.sleep(0.1)

@@ -197,8 +197,9 @@ def test_rope_table_lookup_matches_the_formula_and_rejects_out_of_range_position
     SMALL.replace(model_type="llama", qkv_bias=False, rope_theta=500_000.0,
                   rope_scaling=models.RopeScaling(8.0, 1.0, 4.0, 64)),
 ], ids=["qwen2", "qwen3", "llama3"])
-def test_lean_decode_step_equals_models_forward(cfg):
-    """The CPU decode step (fused weights, transposed key cache) computes models.forward."""
+@pytest.mark.parametrize("fuse", [True, False], ids=["fused", "unfused"])
+def test_lean_decode_step_equals_models_forward(cfg, fuse):
+    """The decode step (fused or separate weights, transposed key cache) computes models.forward."""
     params = models.init(cfg, jax.random.key(1))
     prompt = jnp.asarray([[0, 0, 5, 17, 33], [7, 3, 12, 5, 8]])
     mask = jnp.asarray([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
@@ -207,7 +208,7 @@ def test_lean_decode_step_equals_models_forward(cfg):
     out = models.forward(cfg, params, prompt, attention_mask_BxL=mask,
                          cache=models.init_cache(cfg, 2, slots))
     cache, (keys, values) = out.cache, decode.to_decode_cache(out.cache)
-    weights = decode.prepare_weights(cfg, params)
+    weights = decode.prepare_weights(cfg, params, fuse=fuse)
     for t in range(new.shape[1]):
         ref = models.forward(cfg, params, new[:, t:t + 1], cache=cache)
         cache = ref.cache

@@ -102,11 +102,14 @@ def test_sigkill_of_every_process_then_rerun_resumes_exactly(grpo_runs, tmp_path
     workdir = str(tmp_path / "killed")
     cmd = [sys.executable, "launch/run.py", "--config=experiments/r1_zero.py",
            f"--workdir={workdir}", "--processes=2"] + [f"--config.{o}" for o in GRPO]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    log = tmp_path / "launcher.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
     start = time.time()
     while 2 not in _checkpoints(workdir):
-        assert proc.poll() is None, "the run ended before its first checkpoint"
+        assert proc.poll() is None, ("the run ended before its first checkpoint",
+                                     log.read_text()[-6000:])
         assert time.time() - start < 600, "timed out"
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both processes, at once

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from r1jax import models, rollout
-from r1jax.rollout.engine import compiled_rollout
+from r1jax.rollout.lockstep import compiled_rollout
 from r1jax.rollout.sampling import SamplingParams, inverse_cdf_sample, nucleus_mask, sample
 from r1jax.rollout.stops import stop_string_cut
 from r1jax.sharding import Sharding, make_mesh

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from r1jax.sampling_request import SamplingRequest
+from r1jax.sampling_request import EngineSettings, SamplingRequest
 from r1jax.data import get_template
 from r1jax.eval.benchmarks import get_benchmark
 from r1jax.rewards import RewardConfig
@@ -30,6 +30,7 @@ class EvalSettings:
     weights are replaced by accuracy (correctness) plus format (reported, unweighted), code partial
     credit is off and ``think_prefilled`` follows the template. ``add_bos`` prepends the tokenizer's
     BOS token to every prompt (Llama base models expect it; templates that spell it do not).
+    ``engine`` picks the rollout engine (``r1jax.sampling_request.EngineSettings``).
     """
 
     template: str = "r1_zero"
@@ -44,6 +45,7 @@ class EvalSettings:
     cons: bool = True
     add_bos: bool = False
     reward_config: RewardConfig = RewardConfig()
+    engine: EngineSettings = EngineSettings()
 
     def __post_init__(self):
         get_template(self.template)  # raises naming the choices
@@ -72,7 +74,7 @@ class EvalSettings:
         """What each of the k samples is drawn with (also stopping at chat end-of-turn tokens)."""
         return SamplingRequest(max_new_tokens=self.max_new_tokens, temperature=self.temperature,
                                top_p=self.top_p, top_k=self.top_k, stop_strings=self.stop_strings,
-                               stop_at_end_of_turn=True)
+                               stop_at_end_of_turn=True, engine=self.engine)
 
     @property
     def judge_config(self) -> RewardConfig:
@@ -98,8 +100,10 @@ class EvalSettings:
         return cls(**values)
 
     def to_json(self) -> dict[str, Any]:
-        """The settings that decide the samples and their judging, as JSON (for resume checks)."""
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "reward_config"}
+        """The settings that decide the samples and their judging, as JSON (for resume checks).
+        The engine is not one of them: both engines draw the same tokens."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+               if f.name not in ("reward_config", "engine")}
         out["stop_strings"], out["pass_k"] = list(self.stop_strings), list(self.pass_k)
         judge = self.judge_config
         out["judge"] = {"think_prefilled": judge.think_prefilled, "code_timeout_s": judge.code_timeout_s,

@@ -53,13 +53,13 @@ class LayerWeights:
     """One layer's weights in the decode layout (``C = (H + 2K)·E``: q heads, k heads, v heads)."""
 
     attn_norm_D: jax.Array
-    qkv_DxC: jax.Array
+    qkv_DxC: Any  # [D, C], or the (q, k, v) kernels unfused
     qkv_bias_C: jax.Array | None
     q_norm_E: jax.Array | None
     k_norm_E: jax.Array | None
     o_NxD: jax.Array  # N = H·E
     mlp_norm_D: jax.Array
-    gate_up_DxF2: jax.Array  # gate columns, then up columns
+    gate_up_DxF2: Any  # gate columns, then up columns (or the (gate, up) kernels unfused)
     down_FxD: jax.Array
 
 
@@ -71,8 +71,16 @@ class DecodeWeights:
     lm_head_DxV: jax.Array
 
 
-def prepare_weights(cfg: ModelConfig, params: Any) -> DecodeWeights:
-    """The decode layout of ``params`` (stacked or unstacked layers), built once per call."""
+def _matmul(x, w):
+    """``x @ w`` for a fused kernel, or the concatenated products of unfused ones."""
+    if isinstance(w, tuple):
+        return jnp.concatenate([x @ part for part in w], axis=-1)
+    return x @ w
+
+
+def prepare_weights(cfg: ModelConfig, params: Any, fuse: bool = True) -> DecodeWeights:
+    """The decode layout of ``params`` (stacked or unstacked layers), built once per call;
+    ``fuse=False`` keeps q/k/v and gate/up apart (no second copy of the weights: accelerators)."""
     dtype = cfg.activation_dtype
     dim = cfg.hidden_size
 
@@ -83,15 +91,17 @@ def prepare_weights(cfg: ModelConfig, params: Any) -> DecodeWeights:
         if cfg.qkv_bias:
             bias = jnp.concatenate([attn[f"{n}_bias"].reshape(-1) for n in "qkv"]).astype(dtype)
         mlp = p["mlp"]
+        qkv = [flat("q_kernel"), flat("k_kernel"), flat("v_kernel")]
+        gate_up = [mlp["gate_kernel"].astype(dtype), mlp["up_kernel"].astype(dtype)]
         return LayerWeights(
             attn_norm_D=p["attn_norm"]["scale"],
-            qkv_DxC=jnp.concatenate([flat("q_kernel"), flat("k_kernel"), flat("v_kernel")], 1),
+            qkv_DxC=jnp.concatenate(qkv, 1) if fuse else tuple(qkv),
             qkv_bias_C=bias,
             q_norm_E=attn["q_norm"]["scale"] if cfg.qk_norm else None,
             k_norm_E=attn["k_norm"]["scale"] if cfg.qk_norm else None,
             o_NxD=attn["o_kernel"].reshape(-1, dim).astype(dtype),
             mlp_norm_D=p["mlp_norm"]["scale"],
-            gate_up_DxF2=jnp.concatenate([mlp["gate_kernel"], mlp["up_kernel"]], 1).astype(dtype),
+            gate_up_DxF2=jnp.concatenate(gate_up, 1) if fuse else tuple(gate_up),
             down_FxD=mlp["down_kernel"].astype(dtype),
         )
 
@@ -109,14 +119,40 @@ def decode_step(cfg: ModelConfig, w: DecodeWeights, token_B, rope, slot, valid_B
     ``slot``); ``keys`` are per-layer ``[B, K, E, S]`` and ``values`` ``[B, K, S, E]`` (see
     ``to_decode_cache``). Returns ``(logits, keys, values)``.
     """
+    dtype = cfg.activation_dtype
+
+    def attend(q_BxKxQxE, k_BxKxE, v_BxKxE, cache):
+        k_cache, v_cache = cache
+        k_cache = jax.lax.dynamic_update_slice(
+            k_cache, k_BxKxE[:, :, :, None].astype(k_cache.dtype), (0, 0, 0, slot))
+        v_cache = jax.lax.dynamic_update_slice(
+            v_cache, v_BxKxE[:, :, None].astype(v_cache.dtype), (0, 0, slot, 0))
+        k_cache = constrain(k_cache, KEY_CACHE_AXES, sharding)
+        v_cache = constrain(v_cache, CACHE_AXES, sharding)
+        out = grouped_query_attention(q_BxKxQxE, k_cache.astype(dtype), v_cache, valid_BxS,
+                                      keys_transposed=True)
+        return out, (k_cache, v_cache)
+
+    logits_BxV, caches = decode_step_with(cfg, w, token_B, rope, attend, tuple(zip(keys, values)),
+                                          sharding)
+    return logits_BxV, tuple(k for k, _ in caches), tuple(v for _, v in caches)
+
+
+def decode_step_with(cfg: ModelConfig, w: DecodeWeights, token_B, rope, attend, caches,
+                     sharding: Sharding | None = None):
+    """The decode step with the attention given: ``attend(q_BxKxQxE, k_BxKxE, v_BxKxE, cache)``
+    stores the new key and value in its layer's ``cache`` (any pytree, one per layer in
+    ``caches``) and returns ``(attention output [B, K, Q, E], updated cache)``; q arrives rotated
+    and scaled by ``E^-0.5``, k rotated. Returns ``(logits [B, V] float32, updated caches)``.
+    The dense cache (``decode_step``) and the paged pool (``r1jax.rollout.paged``) both use it."""
     batch = token_B.shape[0]
     heads, kv, head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     dtype, eps = cfg.activation_dtype, cfg.rms_norm_eps
     x_BxD = embed(cfg, w.embedding_VxD, token_B, sharding)
-    new_keys, new_values = [], []
-    for lw, k_cache, v_cache in zip(w.layers, keys, values):
+    new_caches = []
+    for lw, cache in zip(w.layers, caches):
         h_BxD = rms_norm(x_BxD, lw.attn_norm_D, eps)
-        qkv_BxC = h_BxD @ lw.qkv_DxC
+        qkv_BxC = _matmul(h_BxD, lw.qkv_DxC)
         if lw.qkv_bias_C is not None:
             qkv_BxC = qkv_BxC + lw.qkv_bias_C
         qkv_BxCh = qkv_BxC.reshape(batch, heads + 2 * kv, head_dim)
@@ -126,22 +162,14 @@ def decode_step(cfg: ModelConfig, w: DecodeWeights, token_B, rope, slot, valid_B
             k_BxKxE = rms_norm(k_BxKxE, lw.k_norm_E, eps)
         q_BxHxE = apply_rope(q_BxHxE, rope, head_dim ** -0.5)
         k_BxKxE = apply_rope(k_BxKxE, rope)
-        k_cache = jax.lax.dynamic_update_slice(
-            k_cache, k_BxKxE[:, :, :, None].astype(k_cache.dtype), (0, 0, 0, slot))
-        v_cache = jax.lax.dynamic_update_slice(
-            v_cache, v_BxKxE[:, :, None].astype(v_cache.dtype), (0, 0, slot, 0))
-        k_cache = constrain(k_cache, KEY_CACHE_AXES, sharding)
-        v_cache = constrain(v_cache, CACHE_AXES, sharding)
         q_BxKxQxE = q_BxHxE.reshape(batch, kv, heads // kv, head_dim)
-        out_BxKxQxE = grouped_query_attention(q_BxKxQxE, k_cache.astype(dtype), v_cache,
-                                              valid_BxS, keys_transposed=True)
+        out_BxKxQxE, cache = attend(q_BxKxQxE, k_BxKxE, v_BxKxE, cache)
         x_BxD = x_BxD + out_BxKxQxE.reshape(batch, heads * head_dim).astype(dtype) @ lw.o_NxD
         h_BxD = rms_norm(x_BxD, lw.mlp_norm_D, eps)
-        gate_BxF, up_BxF = jnp.split(h_BxD @ lw.gate_up_DxF2, 2, axis=-1)
+        gate_BxF, up_BxF = jnp.split(_matmul(h_BxD, lw.gate_up_DxF2), 2, axis=-1)
         x_BxD = x_BxD + swiglu(gate_BxF, up_BxF) @ lw.down_FxD
         x_BxD = constrain(x_BxD, ("batch", "act_embed"), sharding)
-        new_keys.append(k_cache)
-        new_values.append(v_cache)
+        new_caches.append(cache)
     hidden_BxD = rms_norm(x_BxD, w.final_norm_D, eps)
     logits_BxV = jnp.dot(hidden_BxD, w.lm_head_DxV, preferred_element_type=jnp.float32)
-    return logits_BxV, tuple(new_keys), tuple(new_values)
+    return logits_BxV, tuple(new_caches)

@@ -8,7 +8,9 @@ Nothing executes and no parameter is materialized.
 A step runs these programs (``phases``), decided as ``r1jax.rl.trainer.logprobs_for_update``
 decides them:
 
-* ``rollout``: ``r1jax.rollout.engine.compiled_rollout`` (prefill, then the KV-cache decode);
+* ``rollout``: the program of the run's rollout engine (``rollout.engine``): the lockstep one
+  (``r1jax.rollout.lockstep.compiled_rollout``: prefill, then the dense KV-cache decode) or the
+  paged one (``r1jax.rollout.paged.compiled_paged``: its pool sized by ``paged.plan``);
 * ``old_logprobs``: ``r1jax.rl.step.rollout_logprobs`` with the policy, once per rollout when the
   batch is reused (several minibatches or iterations) and ``grpo.old_logprobs="recompute"``;
 * ``ref_logprobs``: the same program with the reference, when β > 0 and the batch is reused
@@ -57,7 +59,10 @@ from r1jax.rl.aot_memory import (TPU_HBM_BYTES, AOTReport, BudgetError, CompileE
                                  required_bytes)  # noqa: F401  (read by tests and launch/aot.py)
 from r1jax.rl.run_config import RunConfig as GRPORunConfig
 from r1jax.rl.step import GRPOBatch, grpo_step, rollout_logprobs
-from r1jax.rollout.engine import DEFAULT_PROMPT_BUCKETS, bucket_length, compiled_rollout
+from r1jax.rollout import paged
+from r1jax.rollout.engine import DEFAULT_PROMPT_BUCKETS, batch_shards, bucket_length
+from r1jax.rollout.lockstep import compiled_rollout
+from r1jax.sampling_request import EngineSettings
 from r1jax.rollout.sampling import SamplingParams
 from r1jax.rollout.stops import StopCriteria
 from r1jax.sharding import Sharding, make_mesh
@@ -235,7 +240,8 @@ def _compile(cfg, topology, model_cfg, plan: StepPlan, wanted, sharding: Shardin
         "rollout": lambda: _lower_rollout(
             model_cfg, params, sharding, platform, stops,
             SamplingParams(cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.top_k),
-            g.group_size, cfg.rollout.max_new_tokens, cfg.prompts_per_step, Lp),
+            g.group_size, cfg.rollout.max_new_tokens, cfg.prompts_per_step, Lp,
+            cfg.rollout.engine),
         "grpo_step": lambda: jax.jit(
             functools.partial(grpo_step, cfg=g, model_cfg=model_cfg, optimizer=optimizer,
                               sharding=sharding),
@@ -249,7 +255,7 @@ def _compile(cfg, topology, model_cfg, plan: StepPlan, wanted, sharding: Shardin
             model_cfg, params, sharding, platform, stops,
             SamplingParams(cfg.eval.temperature, cfg.eval.top_p, 0), cfg.eval.num_samples,
             cfg.eval.max_new_tokens, min(max(1, cfg.prompts_per_step), cfg.eval.num_problems),
-            Lp),
+            Lp, cfg.rollout.engine),
     }
     # Old-policy and reference log-probs: one program (the reference has the policy's shapes).
     logprobs = jax.jit(functools.partial(
@@ -315,15 +321,26 @@ def _compile(cfg, topology, model_cfg, plan: StepPlan, wanted, sharding: Shardin
 
 def _lower_rollout(model_cfg, params, sharding: Sharding, platform: str, stops: StopCriteria,
                    sampling: SamplingParams, group_size: int, max_new_tokens: int,
-                   num_prompts: int, prompt_width: int):
-    fn = compiled_rollout(model_cfg, sampling, stops, group_size, max_new_tokens, 0, sharding,
-                          platform == "cpu")
+                   num_prompts: int, prompt_width: int, engine: EngineSettings):
+    """The rollout program ``rollout.generate`` runs for this engine, lowered."""
     shape = (num_prompts, prompt_width)
+    if engine.kind == "paged":
+        shards = batch_shards(sharding, num_prompts)
+        pool = paged.plan(num_prompts, prompt_width, group_size, max_new_tokens,
+                          decode_slots=engine.decode_slots, page_size=engine.page_size,
+                          kv_pages=engine.kv_pages, shards=shards)
+        fn = paged.compiled_paged(model_cfg, sampling, stops, group_size, max_new_tokens, 0, pool,
+                                  sharding if shards > 1 else None)
+    else:
+        fn = compiled_rollout(model_cfg, sampling, stops, group_size, max_new_tokens, 0,
+                              sharding, platform == "cpu")
     ids = jax.ShapeDtypeStruct(shape, jnp.int32, sharding=sharding.named(("batch", "length"),
                                                                           shape))
+    rows = (num_prompts * group_size,)
+    budgets = jax.ShapeDtypeStruct(rows, jnp.int32, sharding=sharding.named(("batch",), rows))
     key = jax.eval_shape(lambda: jax.random.key(0))
     key = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=sharding.replicated())
-    return fn.lower(params, ids, ids, key)
+    return fn.lower(params, ids, ids, budgets, key)
 
 
 def report_json(report: AOTReport) -> str:

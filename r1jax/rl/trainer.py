@@ -171,7 +171,8 @@ def setup(cfg: RunConfig, workdir: str) -> Setup:
         template=cfg.data.template, num_samples=cfg.eval.num_samples,
         temperature=cfg.eval.temperature, top_p=cfg.eval.top_p,
         max_new_tokens=cfg.eval.max_new_tokens, batch_size=max(1, cfg.prompts_per_step),
-        stop_strings=cfg.rollout.stop_strings, reward_config=reward_cfg)
+        stop_strings=cfg.rollout.stop_strings, reward_config=reward_cfg,
+        engine=cfg.rollout.engine)
     held_out = HeldOut(cfg, workdir, model_cfg, tokenizer, settings,
                        list(test_set)[:cfg.eval.num_problems],
                        jax.random.split(jax.random.key(cfg.seed))[1], sharding, pool)

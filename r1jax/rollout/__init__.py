@@ -1,4 +1,5 @@
-"""Fast jitted sampling of G completions per prompt with a shared-prefill KV cache."""
+"""Jitted sampling of G completions per prompt: a lockstep engine and a paged, continuously
+batched one, behind one ``generate``."""
 from r1jax.rollout.engine import (
     DEFAULT_PROMPT_BUCKETS,
     Rollout,

@@ -1,24 +1,19 @@
-"""Jitted generation of G completions per prompt: one prefill per prompt, one ``while_loop`` decode.
+"""The rollout entry point: G completions per prompt from one of two engines.
 
-Each prompt is prefilled once and its KV cache repeated for its G samples; the first token is
-sampled from the prefill's logits. The decode loop is a ``lax.while_loop`` (each step: feed the
-last token, sample the next) that ends as soon as every row has stopped or the token budget is
-spent, so the last sampled token is never fed back; tokens after a row's stop are padding and
-masked. Every step's uniforms are drawn once before the loop. Prompt lengths are bucketed so that a
-training run compiles a handful of programs, not one per batch. With a ``Sharding``, sequences are
-split over the mesh's batch axes and the parameters are used where the trainer placed them; on CPU
-each shard of prompts decodes in a loop of its own (``shard_map``) that stops when its rows have,
-so the shards never synchronize per step and CPU devices decode in parallel (the Tunix rollout
-work over two CPU devices: 7.8 ms instead of 10.3 ms on one).
+``generate`` left-pads and buckets the prompts (so that a training run compiles a handful of
+programs, not one per batch), places them on the mesh, and runs either engine:
 
-On CPU the loop runs the model's one-token ``r1jax.models.decode.decode_step`` (weights re-laid
-out once per call) in a few segments whose caches grow to just the slots each segment needs
-(``decode_segments``); elsewhere it runs ``models.forward`` with the full-length cache.
+* ``lockstep`` (``r1jax.rollout.lockstep``): one prefill per prompt, then every row decodes in one
+  batch over a dense cache until the last row stops — the fastest for short, fixed budgets;
+* ``paged`` (``r1jax.rollout.paged``): continuous batching over a paged KV cache, for long and
+  long-tailed responses.
+
+Both draw sample b's token t from the same uniform, so they give the same tokens for the same key
+(up to the float rounding of the logits). Stop strings are then cut on the host.
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Sequence
 
 import flax
@@ -26,12 +21,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from r1jax import distributed, models
-from r1jax.models import ModelConfig, decode
-from r1jax.models.layers import rope_tables
-from r1jax.rollout.sampling import SamplingParams, sample_with_uniform
+from r1jax import distributed
+from r1jax.models import ModelConfig
+from r1jax.rollout import paged
+from r1jax.rollout.lockstep import compiled_rollout
+from r1jax.rollout.sampling import SamplingParams
 from r1jax.rollout.stops import StopCriteria, stop_string_cut
-from r1jax.sharding import Sharding, constrain
+from r1jax.sharding import Sharding
 
 DEFAULT_PROMPT_BUCKETS = tuple(2**k for k in range(4, 18))  # 16 … 131072
 
@@ -45,7 +41,11 @@ class Rollout:
     (log-prob of each sampled token under the temperature-scaled policy; 0 on padding),
     ``stopped`` ``[P·G]`` (False where the budget ran out), and the left-padded prompts
     ``prompt_tokens`` / ``prompt_mask`` ``[P, Lp]`` as they were fed to the model, and
-    ``decode_steps``, how many steps the loop ran before every row had stopped.
+    ``decode_steps``, how many steps the loop ran before every row had stopped. The engine's work
+    and memory: ``slot_steps``, the token positions it sampled (useful or padding: rows × steps
+    for lockstep, slots × steps for paged), ``kv_tokens``, the KV cache it held (token slots per
+    layer), ``kv_tokens_peak``, how many of them were in use at most, and ``preemptions``, how
+    often the paged engine's pool ran dry and a sample was restarted.
     """
 
     tokens: jax.Array
@@ -56,6 +56,10 @@ class Rollout:
     prompt_tokens: jax.Array
     prompt_mask: jax.Array
     decode_steps: jax.Array
+    slot_steps: jax.Array | int = 0
+    kv_tokens: int = 0
+    kv_tokens_peak: jax.Array | int = 0
+    preemptions: jax.Array | int = 0
 
     @property
     def group_size(self) -> int:
@@ -69,172 +73,14 @@ def bucket_length(length: int, buckets: Sequence[int]) -> int:
     raise ValueError(f"a prompt of {length} tokens exceeds the largest bucket {max(buckets)}")
 
 
-def decode_segments(max_new_tokens: int, min_steps: int = 32, max_segments: int = 4):
-    """Where the CPU decode loop's segments end (exclusive step numbers; step 0 is sampled from
-    the prefill): about equal segments of at least ``min_steps`` steps, at most ``max_segments``
-    (each is a loop of its own in the compiled program)."""
-    steps = max_new_tokens - 1
-    count = max(1, min(max_segments, steps // min_steps))
-    return [1 + -(-steps * k // count) for k in range(1, count + 1)] if steps else []
-
-
-@functools.lru_cache(maxsize=64)
-def compiled_rollout(cfg: ModelConfig, sampling: SamplingParams, stops: StopCriteria,
-                     group_size: int, max_new_tokens: int, pad_id: int, sharding: Sharding | None,
-                     unstack: bool):
-    """One jitted program per static setting (shapes add their own compile-cache entries).
-
-    ``unstack``: decode with ``decode.decode_step`` on weights re-laid out once per call (CPU);
-    otherwise with ``models.forward`` on the parameters as they are (accelerators).
-    """
-
-    def run(params, prompt_PxLp, prompt_mask_PxLp, u_TxB, sharding):
-        """The rollout of these prompts, given every step's uniforms (None if greedy)."""
-        num_prompts, prompt_len = prompt_PxLp.shape
-        batch = num_prompts * group_size
-        # The last sampled token is never fed back, so T - 1 slots follow the prompt (the CPU
-        # decode grows its cache segment by segment).
-        slots = prompt_len + (0 if unstack else max_new_tokens - 1)
-        cache = models.init_cache(cfg, num_prompts, slots)
-        out = models.forward(cfg, params, prompt_PxLp, attention_mask_BxL=prompt_mask_PxLp,
-                             cache=cache, sharding=sharding)
-        # Left padding puts every prompt's last token in the last column.
-        logits_PxV = jnp.dot(out.hidden_BxLxD[:, -1], out.lm_head_DxV,
-                             preferred_element_type=jnp.float32)
-
-        def repeat(x):
-            return jnp.repeat(x, group_size, axis=0)
-
-        # One prefill per prompt; its cache is repeated for the prompt's G samples.
-        cache = out.cache.map_layers(lambda x: constrain(repeat(x), models.CACHE_AXES, sharding))
-        cache = cache.replace(valid_BxS=repeat(cache.valid_BxS))
-        logits_BxV = constrain(repeat(logits_PxV), ("batch", "act_vocab"), sharding)
-
-        def draw(step, logits_BxV):
-            u_B = None if u_TxB is None else jax.lax.dynamic_index_in_dim(u_TxB, step, 0, False)
-            return sample_with_uniform(u_B, logits_BxV, sampling)
-
-        def record(s, token_B, logprob_B):
-            """Write the token sampled at ``s["step"]`` (padding for rows already stopped)."""
-            token_B = jnp.where(s["done_B"], pad_id, token_B)
-            logprob_B = jnp.where(s["done_B"], 0.0, logprob_B)
-            recent_BxM = jnp.concatenate([s["recent_BxM"][:, 1:], token_B[:, None]], axis=1)
-            at = (0, s["step"])
-            return dict(
-                s,
-                step=s["step"] + 1,
-                token_B=token_B,
-                tokens_BxT=jax.lax.dynamic_update_slice(s["tokens_BxT"], token_B[:, None], at),
-                logprobs_BxT=jax.lax.dynamic_update_slice(s["logprobs_BxT"], logprob_B[:, None],
-                                                          at),
-                recent_BxM=recent_BxM,
-                lengths_B=s["lengths_B"] + (~s["done_B"]).astype(jnp.int32),
-                done_B=s["done_B"] | stops.hit(token_B, recent_BxM),
-            )
-
-        state = dict(
-            step=jnp.zeros((), jnp.int32),
-            token_B=jnp.zeros((batch,), jnp.int32),
-            tokens_BxT=jnp.full((batch, max_new_tokens), pad_id, jnp.int32),
-            logprobs_BxT=jnp.zeros((batch, max_new_tokens), jnp.float32),
-            recent_BxM=jnp.full((batch, stops.window), -1, jnp.int32),
-            done_B=jnp.zeros((batch,), bool),
-            lengths_B=jnp.zeros((batch,), jnp.int32),
-        )
-        state = record(state, *draw(0, logits_BxV))
-
-        def step_with(logits_of):
-            def decode_step(s):
-                logits_BxV, caches = logits_of(s)
-                return record(dict(s, **caches), *draw(s["step"], logits_BxV))
-            return decode_step
-
-        def keep_going_until(end):
-            return lambda s: (s["step"] < end) & ~jnp.all(s["done_B"])
-
-        s = state
-        if unstack:
-            weights = decode.prepare_weights(cfg, params)
-            prompt_valid_BxLp = cache.valid_BxS
-            positions_B = jnp.sum(prompt_valid_BxLp, axis=1, dtype=jnp.int32)
-            keys, values = decode.to_decode_cache(cache, sharding)
-            # Every step's cos/sin in one table before the loop (see ``rope_tables``).
-            step_T = jnp.arange(max_new_tokens, dtype=jnp.int32)
-            rope_all = rope_tables(cfg, positions_B[None, :] + step_T[:, None] - 1,
-                                   max_position=prompt_len + max_new_tokens)
-            # The loop runs in segments, each over a cache just long enough for its last step,
-            # so that attention does not read the still-empty slots of the full-length cache.
-            for end in decode_segments(max_new_tokens):
-                window = prompt_len + end - 1
-                keys, values = decode.grow_cache(keys, values, window, sharding)
-                # A row may attend to its prompt's real tokens, then every generated slot up
-                # to the one being written.
-                prompt_valid_BxS = jnp.pad(prompt_valid_BxLp, ((0, 0), (0, window - prompt_len)))
-                slot_S = jnp.arange(window)
-
-                def logits_of(s, prompt_valid_BxS=prompt_valid_BxS, slot_S=slot_S):
-                    slot = prompt_len + s["step"] - 1
-                    valid_BxS = prompt_valid_BxS | ((slot_S >= prompt_len) & (slot_S <= slot))
-                    rope = tuple(jax.lax.dynamic_index_in_dim(t, s["step"], 0, False)
-                                 for t in rope_all)
-                    logits_BxV, keys, values = decode.decode_step(
-                        cfg, weights, s["token_B"], rope, slot, valid_BxS, s["keys"], s["values"],
-                        sharding)
-                    return logits_BxV, dict(keys=keys, values=values)
-
-                s = jax.lax.while_loop(keep_going_until(end), step_with(logits_of),
-                                       dict(s, keys=keys, values=values))
-                keys, values = s.pop("keys"), s.pop("values")
-        else:
-            def logits_of(s):
-                out = models.forward(cfg, params, s["token_B"][:, None], cache=s["cache"],
-                                     sharding=sharding)
-                logits_BxV = jnp.dot(out.hidden_BxLxD[:, 0], out.lm_head_DxV,
-                                     preferred_element_type=jnp.float32)
-                return logits_BxV, dict(cache=out.cache)
-
-            s = jax.lax.while_loop(keep_going_until(max_new_tokens), step_with(logits_of),
-                                   dict(s, cache=cache))
-        mask_BxT = jnp.arange(max_new_tokens)[None, :] < s["lengths_B"][:, None]
-        return (s["tokens_BxT"], s["lengths_B"], mask_BxT, s["logprobs_BxT"], s["done_B"],
-                s["step"])
-
-    def uniforms(rng, batch):
-        """Every step's uniforms in one draw (see ``sample_with_uniform``); None if greedy."""
-        if sampling.greedy:
-            return None
-        return jax.random.uniform(rng, (max_new_tokens, batch), jnp.float32)
-
-    def run_global(params, prompt_PxLp, prompt_mask_PxLp, rng):
-        u_TxB = uniforms(rng, prompt_PxLp.shape[0] * group_size)
-        if u_TxB is not None:
-            u_TxB = constrain(u_TxB, (None, "batch"), sharding)
-        return run(params, prompt_PxLp, prompt_mask_PxLp, u_TxB, sharding)
-
-    def run_per_shard(params, prompt_PxLp, prompt_mask_PxLp, rng):
-        """The CPU decode on a mesh: each shard of prompts runs its own loop (``shard_map``) and
-        stops when its own rows have, so the loop has no cross-device step; the shards run in
-        parallel (on CPU devices, one core each)."""
-        rows = sharding.spec(("batch",), (prompt_PxLp.shape[0],))
-        if not rows:  # the prompts do not divide over the batch axes
-            return run_global(params, prompt_PxLp, prompt_mask_PxLp, rng)
-        batch = prompt_PxLp.shape[0] * group_size
-        u_TxB = uniforms(rng, batch)
-        greedy = u_TxB is None
-        if greedy:  # shard_map takes arrays only; greedy never reads it
-            u_TxB = jnp.zeros((max_new_tokens, batch), jnp.float32)
-
-        def local(params, prompt, mask, u):
-            out = run(params, prompt, mask, None if greedy else u, None)
-            return out[:-1] + (out[-1][None],)
-
-        spec = jax.sharding.PartitionSpec
-        out = jax.shard_map(
-            local, mesh=sharding.mesh, in_specs=(spec(), rows, rows, spec(None, *rows)),
-            out_specs=(rows,) * 6, check_vma=False)(params, prompt_PxLp, prompt_mask_PxLp, u_TxB)
-        return out[:-1] + (jnp.max(out[-1]),)
-
-    return jax.jit(run_per_shard if unstack and sharding is not None else run_global)
+def batch_shards(sharding: Sharding | None, num_prompts: int) -> int:
+    """Over how many shards ``num_prompts`` prompts split on the mesh's batch axes."""
+    if sharding is None:
+        return 1
+    rows = sharding.spec(("batch",), (num_prompts,))
+    axes = rows[0] if rows else ()
+    axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    return int(np.prod([sharding.mesh.shape[a] for a in axes]))
 
 
 def _pad_prompts(prompts, prompt_mask, pad_id, buckets):
@@ -277,6 +123,12 @@ def generate(
     prompt_buckets: Sequence[int] = DEFAULT_PROMPT_BUCKETS,
     sharding: Sharding | None = None,
     unstack_params: bool | None = None,
+    engine: str = "lockstep",
+    decode_slots: int = 0,
+    page_size: int = 16,
+    kv_pages: int = 0,
+    prefill_chunk: int = 512,
+    sample_budgets: Sequence[int] | np.ndarray | None = None,
 ) -> Rollout:
     """Sample ``group_size`` completions of up to ``max_new_tokens`` tokens for every prompt.
 
@@ -288,6 +140,13 @@ def generate(
     (``r1jax.models.decode``: layers split, q/k/v and gate/up fused) instead of decoding with
     ``models.forward`` (default: on CPU only; it holds a second copy of the weights during the
     call). Both give the same samples up to float rounding.
+
+    ``engine``: ``"lockstep"`` decodes every row in one batch until the last one stops, over a
+    dense cache; ``"paged"`` (``r1jax.rollout.paged``) decodes ``decode_slots`` rows at a time
+    over a pool of ``kv_pages`` pages of ``page_size`` tokens, a waiting sample taking the slot of
+    one that stopped (0: the defaults of ``paged.plan``). Both give the same tokens for the same
+    key up to float rounding. ``sample_budgets`` caps each row's new tokens (``[P·G]``, each
+    ``1 … max_new_tokens``).
     """
     if group_size < 1:
         raise ValueError(f"group_size must be >= 1, got {group_size}")
@@ -306,17 +165,47 @@ def generate(
             f"a prompt of {longest} tokens plus max_new_tokens={max_new_tokens} exceeds the cache "
             f"limit of {limit} positions; shorten the prompt or lower max_new_tokens"
         )
-    ids_j, mask_j = jnp.asarray(ids), jnp.asarray(mask)
+    batch = ids.shape[0] * group_size
+    budgets = np.full((batch,), max_new_tokens, np.int32)
+    if sample_budgets is not None:
+        budgets = np.asarray(sample_budgets, np.int32).reshape(-1)
+        if budgets.shape != (batch,) or budgets.min() < 1 or budgets.max() > max_new_tokens:
+            raise ValueError(f"sample_budgets must be {batch} integers in 1 … max_new_tokens="
+                             f"{max_new_tokens} (one per sample), got shape {budgets.shape}, "
+                             f"range {budgets.min()} … {budgets.max()}")
+    ids_j, mask_j, budgets_j = jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(budgets)
     if sharding is not None:
         ids_j = jax.device_put(ids_j, sharding.named(("batch", "length"), ids.shape))
         mask_j = jax.device_put(mask_j, sharding.named(("batch", "length"), ids.shape))
+        budgets_j = jax.device_put(budgets_j, sharding.named(("batch",), budgets.shape))
+    if engine == "paged":
+        shards = batch_shards(sharding, ids.shape[0])
+        pool = paged.plan(ids.shape[0], ids.shape[1], group_size, max_new_tokens,
+                          decode_slots=decode_slots, page_size=page_size, kv_pages=kv_pages,
+                          prefill_chunk=prefill_chunk, shards=shards,
+                          prompt_lengths=mask.sum(axis=1))
+        fn = paged.compiled_paged(model_config, sampling, stops, int(group_size),
+                                  int(max_new_tokens), int(pad_id), pool,
+                                  sharding if shards > 1 else None)
+        (tokens, lengths, comp_mask, logprobs, stopped, steps, slot_steps, peak,
+         preemptions) = fn(params, ids_j, mask_j, budgets_j, rng)
+        rollout = Rollout(tokens, lengths, comp_mask, logprobs, stopped, ids_j, mask_j, steps,
+                          slot_steps, pool.kv_pages * pool.page_size * shards,
+                          peak * pool.page_size, preemptions)
+        if stop_strings:
+            rollout = cut_at_stop_strings(rollout, tokenizer, stop_strings, pad_id)
+        return rollout
+    if engine != "lockstep":
+        raise ValueError(f"engine must be 'lockstep' or 'paged', got {engine!r}")
     if unstack_params is None:
         # On CPU every op of the loop is a kernel call; accelerators fuse the per-step slices.
         unstack_params = jax.default_backend() == "cpu"
     fn = compiled_rollout(model_config, sampling, stops, int(group_size), int(max_new_tokens),
                           int(pad_id), sharding, bool(unstack_params))
-    tokens, lengths, comp_mask, logprobs, stopped, steps = fn(params, ids_j, mask_j, rng)
-    rollout = Rollout(tokens, lengths, comp_mask, logprobs, stopped, ids_j, mask_j, steps)
+    tokens, lengths, comp_mask, logprobs, stopped, steps = fn(params, ids_j, mask_j, budgets_j, rng)
+    kv_tokens = batch * (ids.shape[1] + max_new_tokens - 1)
+    rollout = Rollout(tokens, lengths, comp_mask, logprobs, stopped, ids_j, mask_j, steps,
+                      steps * batch, kv_tokens, kv_tokens)
     if stop_strings:
         rollout = cut_at_stop_strings(rollout, tokenizer, stop_strings, pad_id)
     return rollout

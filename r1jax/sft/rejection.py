@@ -18,7 +18,7 @@ import os
 import jax
 
 from r1jax import completions, training_run
-from r1jax.sampling_request import SamplingRequest
+from r1jax.sampling_request import EngineSettings, SamplingRequest
 from r1jax.data import get_template
 from r1jax.data.sources import DataSource, load_problems
 from r1jax.policy import ModelSource
@@ -39,11 +39,13 @@ class SampleSettings:
     max_new_tokens: int = 128
     batch_prompts: int = 32
     stop_strings: tuple[str, ...] = ("</answer>",)
+    engine: EngineSettings = EngineSettings()
 
     @property
     def request(self) -> SamplingRequest:
         return SamplingRequest(max_new_tokens=self.max_new_tokens, temperature=self.temperature,
-                               top_p=self.top_p, stop_strings=self.stop_strings)
+                               top_p=self.top_p, stop_strings=self.stop_strings,
+                               engine=self.engine)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,361 @@
+"""Continuous batching over a paged KV cache: the rollout engine for long, long-tailed responses.
+
+R1's completions are long and their lengths long-tailed: a lockstep batch runs until its longest
+row stops, and holds ``P·G·(prompt + max_new)`` cache slots, most of them padding. Here:
+
+* **Pages.** Keys and values live in a pool of ``kv_pages`` pages of ``page_size`` tokens per layer
+  (``[K, N, P, E]``); each sequence has a row of the page table, and free pages sit on a stack.
+  Prompts are prefilled once (in chunks of ``prefill_chunk`` tokens) and written to pages that
+  all G samples of the prompt share: a sample's page-table row starts with its prompt's pages, and
+  its own tokens start on a fresh page, so nothing is ever copied (the rest of the prompt's last
+  page is a hole that attention skips).
+* **Slots.** ``decode_slots`` sequences decode at once. Every step, free slots take the waiting
+  samples in id order; a slot whose sample stops returns its pages to the pool at once. Each step
+  takes a page from the pool for every slot that starts a page; when the pool runs dry those slots
+  wait, and if every slot waits the newest sample is preempted (its pages freed, itself queued
+  again): it restarts from its first token and, since randomness depends on the position only,
+  redoes the same tokens. Nothing is truncated and nothing crashes.
+* **Compiled.** Admission, paging and sampling are array operations inside one ``while_loop``
+  (no host round trip, no recompile per batch); attention is ``kernels.ragged_paged_attention``
+  (a Pallas kernel on TPU that reads only each sequence's own pages, a gather elsewhere).
+* **Same results.** Sample ``b``'s token ``t`` uses the uniform ``u[t, b]`` of the call's one
+  ``[T, B]`` draw, exactly as the lockstep engine does, so the tokens do not depend on the slot
+  count or on when a sample ran; only the float rounding of the logits differs.
+
+Use it through ``rollout.generate(engine="paged")``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from kernels.paged_attention import ragged_paged_attention, resolve_impl
+from r1jax import models
+from r1jax.models import ModelConfig, decode
+from r1jax.models.layers import rope_tables
+from r1jax.rollout.sampling import SamplingParams, sample_with_uniform
+from r1jax.rollout.shards import on_each_shard, step_uniforms
+from r1jax.rollout.stops import StopCriteria
+from r1jax.sharding import Sharding
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@dataclasses.dataclass(frozen=True)
+class PagedPlan:
+    """The static shape of one paged rollout (per batch shard): part of the program's identity."""
+
+    decode_slots: int
+    page_size: int
+    kv_pages: int
+    prefill_chunk: int
+    prompt_pages: int  # page-table entries for a prompt (its bucketed length, in pages)
+    generated_pages: int  # page-table entries for the tokens a sample feeds back
+
+    @property
+    def table_width(self) -> int:
+        return self.prompt_pages + self.generated_pages
+
+
+def plan(num_prompts: int, prompt_len: int, group_size: int, max_new_tokens: int, *,
+         decode_slots: int = 0, page_size: int = 16, kv_pages: int = 0, prefill_chunk: int = 512,
+         shards: int = 1, prompt_lengths=None) -> PagedPlan:
+    """The plan for ``num_prompts`` prompts bucketed to ``prompt_len`` tokens, per batch shard.
+
+    ``decode_slots`` (0: a quarter of the samples, at least 8) and ``kv_pages`` (0: every slot's
+    worst case for prompts of the full bucket, so that no sample ever waits for a page) count
+    over all shards; each shard gets an equal part. A smaller ``kv_pages`` overcommits the pool:
+    samples then wait or are preempted when it runs dry. It must hold each shard's prompts (their
+    real ``prompt_lengths`` when given, else the bucket) and one full-length sample.
+    """
+    if page_size < 1 or prefill_chunk < 1:
+        raise ValueError(f"page_size and prefill_chunk must be >= 1, got {page_size}, "
+                         f"{prefill_chunk}")
+    if num_prompts % shards:
+        raise ValueError(f"{num_prompts} prompts do not split over {shards} batch shards")
+    samples = num_prompts * group_size // shards
+    slots = decode_slots or max(8, _ceil_div(num_prompts * group_size, 4))
+    if slots % shards:
+        raise ValueError(f"decode_slots={slots} does not split over {shards} batch shards")
+    slots = min(slots // shards, samples)
+    prompt_pages = _ceil_div(prompt_len, page_size)
+    # The last sampled token is never fed back: a sample feeds at most T - 1 tokens.
+    generated_pages = _ceil_div(max(max_new_tokens - 1, 1), page_size)
+    need = num_prompts // shards * prompt_pages
+    pages = kv_pages // shards if kv_pages else need + slots * generated_pages
+    if prompt_lengths is not None:
+        pages_P = [_ceil_div(int(n), page_size) for n in prompt_lengths]
+        per_shard = num_prompts // shards
+        need = max(sum(pages_P[i:i + per_shard]) for i in range(0, num_prompts, per_shard))
+    if pages < need + generated_pages:
+        raise ValueError(
+            f"kv_pages={kv_pages} is too small: each of {shards} batch shard(s) needs "
+            f"{need} pages for its prompts plus {generated_pages} for one sample of "
+            f"max_new_tokens={max_new_tokens} (page_size={page_size}); at least "
+            f"{(need + generated_pages) * shards} in all")
+    return PagedPlan(slots, page_size, pages, min(prefill_chunk, prompt_len), prompt_pages,
+                     generated_pages)
+
+
+def _prefill(cfg, params, prompt_PxLp, mask_PxLp, chunk: int):
+    """The prompts' last logits ``[P, V]`` and dense cache, prefilled ``chunk`` tokens at a time
+    (attention scores ``[P, chunk, Lp]`` instead of ``[P, Lp, Lp]``)."""
+    num_prompts, prompt_len = prompt_PxLp.shape
+    cache = models.init_cache(cfg, num_prompts, prompt_len)
+    for start in range(0, prompt_len, chunk):
+        out = models.forward(cfg, params, prompt_PxLp[:, start:start + chunk],
+                             attention_mask_BxL=mask_PxLp[:, start:start + chunk], cache=cache)
+        cache = out.cache
+    logits_PxV = jnp.dot(out.hidden_BxLxD[:, -1], out.lm_head_DxV,
+                         preferred_element_type=jnp.float32)
+    return logits_PxV, cache
+
+
+def _pages_of_prompts(cfg, cache, prompt_len_P, plan: PagedPlan):
+    """The pools with every prompt's real tokens written to its pages (prompt p's pages follow
+    prompt p-1's), each prompt's page-table row, and how many pages the prompts use."""
+    size, pages = plan.page_size, plan.kv_pages
+    num_prompts, width = cache.valid_BxS.shape
+    pages_P = -(-prompt_len_P // size)
+    first_P = jnp.cumsum(pages_P) - pages_P
+    # Left padding: the prompt's j-th real token sits in column width - length + j.
+    j_PxL = jnp.arange(width)[None, :] - (width - prompt_len_P)[:, None]
+    real_PxL = j_PxL >= 0
+    page_PxL = jnp.where(real_PxL, first_P[:, None] + j_PxL // size, pages)  # pages: dropped
+    offset_PxL = jnp.where(real_PxL, j_PxL % size, 0)
+    shape = (cfg.num_kv_heads, pages, size, cfg.head_dim)
+
+    def to_pool(dense_PxKxLxE):
+        pool = jnp.zeros(shape, dense_PxKxLxE.dtype)
+        return pool.at[:, page_PxL, offset_PxL, :].set(dense_PxKxLxE.transpose(1, 0, 2, 3),
+                                                       mode="drop")
+
+    pools = tuple((to_pool(k), to_pool(v)) for k, v in zip(cache.keys, cache.values))
+    i_M = jnp.arange(plan.table_width)
+    table_PxM = jnp.where(i_M[None, :] < pages_P[:, None], first_P[:, None] + i_M[None, :], 0)
+    return pools, table_PxM, pages_P, jnp.sum(pages_P)
+
+
+_BIG = ("pools", "tokens_BxT", "logprobs_BxT")
+
+
+def _segment_widths(plan: PagedPlan, attention_impl: str, segments: int = 8) -> list[int]:
+    """Page-table widths of the decode loop's segments: growing ones where attention costs the
+    width it is given (the XLA gather), the full width where it costs each sequence's own pages
+    (the TPU kernel)."""
+    if resolve_impl(attention_impl) == "pallas_tpu":
+        return [plan.table_width]
+    widths = {plan.prompt_pages + _ceil_div(plan.generated_pages * k, segments)
+              for k in range(1, segments + 1)}
+    return sorted(w for w in widths if w > plan.prompt_pages)
+
+
+def _skip_unless(pred, update, s):
+    """``update(s)`` if ``pred``, else ``s``: most steps neither free a slot nor fill one, so the
+    bookkeeping is skipped then. The pools and output buffers stay out of the branch (which
+    neither reads nor writes them), so that they are never copied."""
+    small = {k: v for k, v in s.items() if k not in _BIG}
+    small = jax.lax.cond(pred, update, lambda x: x, small)
+    return {**s, **small}
+
+
+@functools.lru_cache(maxsize=32)
+def compiled_paged(cfg: ModelConfig, sampling: SamplingParams, stops: StopCriteria,
+                   group_size: int, max_new_tokens: int, pad_id: int, plan: PagedPlan,
+                   sharding: Sharding | None, attention_impl: str = "auto"):
+    """One jitted paged rollout per static setting: ``fn(params, prompt_PxLp, mask_PxLp,
+    budgets_B, rng)`` → ``(tokens, lengths, mask, logprobs, stopped, decode_steps, slot_steps,
+    peak_pages, preemptions)``."""
+    T, slots, size = max_new_tokens, plan.decode_slots, plan.page_size
+
+    def run(params, prompt_PxLp, mask_PxLp, u_TxB, budgets_B):
+        num_prompts, prompt_len = prompt_PxLp.shape
+        batch = num_prompts * group_size
+        logits_PxV, cache = _prefill(cfg, params, prompt_PxLp, mask_PxLp, plan.prefill_chunk)
+        prompt_len_P = jnp.sum(mask_PxLp, axis=1, dtype=jnp.int32)
+        pools, prompt_table_PxM, prompt_pages_P, used = _pages_of_prompts(cfg, cache, prompt_len_P,
+                                                                          plan)
+
+        def draw(step_S, b_S, logits_SxV):
+            if u_TxB is None:
+                return sample_with_uniform(None, logits_SxV, sampling)
+            return sample_with_uniform(u_TxB[step_S, b_S], logits_SxV, sampling)
+
+        # Every sample's first token comes from its prompt's prefill logits.
+        b_B = jnp.arange(batch, dtype=jnp.int32)
+        token0_B, logprob0_B = draw(jnp.zeros_like(b_B), b_B,
+                                    jnp.repeat(logits_PxV, group_size, axis=0))
+        recent0_BxM = jnp.full((batch, stops.window), -1, jnp.int32).at[:, -1].set(token0_B)
+        hit0_B = stops.hit(token0_B, recent0_BxM)
+        state = dict(
+            step=jnp.zeros((), jnp.int32),
+            tokens_BxT=jnp.full((batch, T), pad_id, jnp.int32).at[:, 0].set(token0_B),
+            logprobs_BxT=jnp.zeros((batch, T), jnp.float32).at[:, 0].set(logprob0_B),
+            lengths_B=jnp.ones((batch,), jnp.int32),
+            stopped_B=hit0_B,
+            pending_B=~(hit0_B | (budgets_B <= 1)),
+            slot_b_S=jnp.full((slots,), -1, jnp.int32),
+            slot_t_S=jnp.zeros((slots,), jnp.int32),  # tokens the slot's sample has so far
+            slot_gen_pages_S=jnp.zeros((slots,), jnp.int32),
+            table_SxM=jnp.zeros((slots, plan.table_width), jnp.int32),
+            recent_SxM=jnp.full((slots, stops.window), -1, jnp.int32),
+            free_N=(jnp.arange(plan.kv_pages, dtype=jnp.int32) + used) % plan.kv_pages,
+            num_free=plan.kv_pages - used,
+            peak_pages=used,
+            preemptions=jnp.zeros((), jnp.int32),
+            pools=pools,
+        )
+        # Fused q/k/v and gate/up save kernel calls on CPU; elsewhere they would copy the weights.
+        weights = decode.prepare_weights(cfg, params, fuse=jax.default_backend() == "cpu")
+        rope_all = rope_tables(cfg, jnp.arange(prompt_len + T, dtype=jnp.int32),
+                               max_position=prompt_len + T)
+        s_S = jnp.arange(slots)
+
+        def admit(s):
+            """Free slots take the waiting samples in id order, as long as the pool has a page
+            for each of them beyond the pages the running slots need this step."""
+            active_S = s["slot_b_S"] >= 0
+            need = jnp.sum(active_S & ((s["slot_t_S"] - 1) % size == 0))
+            room = jnp.maximum(s["num_free"] - need, 0)
+            free_S = ~active_S
+            rank_S = jnp.cumsum(free_S) - 1
+            waiting = jnp.cumsum(s["pending_B"])
+            take_S = free_S & (rank_S < jnp.minimum(waiting[-1], room))
+            b_S = jnp.where(take_S, jnp.searchsorted(waiting, rank_S + 1), s["slot_b_S"])
+            p_S = jnp.maximum(b_S, 0) // group_size
+            token0_S = token0_B[jnp.maximum(b_S, 0)]
+            fresh_SxM = jnp.full_like(s["recent_SxM"], -1).at[:, -1].set(token0_S)
+            return dict(
+                s,
+                slot_b_S=b_S,
+                slot_t_S=jnp.where(take_S, 1, s["slot_t_S"]),
+                slot_gen_pages_S=jnp.where(take_S, 0, s["slot_gen_pages_S"]),
+                table_SxM=jnp.where(take_S[:, None], prompt_table_PxM[p_S], s["table_SxM"]),
+                recent_SxM=jnp.where(take_S[:, None], fresh_SxM, s["recent_SxM"]),
+                pending_B=s["pending_B"].at[jnp.where(take_S, b_S, batch)].set(False,
+                                                                               mode="drop"),
+            )
+
+        def release(s, release_S):
+            """Return the generated pages of the ``release_S`` slots to the pool; free them."""
+            p_S = jnp.maximum(s["slot_b_S"], 0) // group_size
+            j_G = jnp.arange(plan.generated_pages)
+            own_SxG = release_S[:, None] & (j_G[None, :] < s["slot_gen_pages_S"][:, None])
+            index_SxG = prompt_pages_P[p_S][:, None] + j_G[None, :]
+            page_SxG = jnp.take_along_axis(s["table_SxM"], index_SxG, axis=1, mode="clip")
+            at = s["num_free"] + jnp.cumsum(own_SxG.reshape(-1)) - 1
+            free_N = s["free_N"].at[jnp.where(own_SxG.reshape(-1), at, plan.kv_pages)].set(
+                page_SxG.reshape(-1), mode="drop")
+            return dict(s, free_N=free_N, num_free=s["num_free"] + jnp.sum(own_SxG),
+                        slot_b_S=jnp.where(release_S, -1, s["slot_b_S"]),
+                        slot_gen_pages_S=jnp.where(release_S, 0, s["slot_gen_pages_S"]))
+
+        def step(s, width):
+            s = _skip_unless(jnp.any(s["slot_b_S"] < 0) & jnp.any(s["pending_B"]), admit, s)
+            b_S, t_S = s["slot_b_S"], s["slot_t_S"]
+            active_S = b_S >= 0
+            b0_S, p_S = jnp.maximum(b_S, 0), jnp.maximum(b_S, 0) // group_size
+            prompt_pages_S = prompt_pages_P[p_S]
+            # The fed token (the sample's token t - 1) goes to generated position t - 1.
+            fed_S = t_S - 1
+            need_S = active_S & (fed_S % size == 0)
+            rank_S = jnp.cumsum(need_S) - 1
+            granted_S = need_S & (rank_S < s["num_free"])
+            page_S = s["free_N"][jnp.clip(s["num_free"] - 1 - rank_S, 0, plan.kv_pages - 1)]
+            column_S = prompt_pages_S + fed_S // size
+            table_SxM = s["table_SxM"].at[s_S, jnp.where(granted_S, column_S, plan.table_width)
+                                          ].set(page_S, mode="drop")
+            num_free = s["num_free"] - jnp.sum(granted_S)
+            advance_S = active_S & ~(need_S & ~granted_S)
+            virtual_S = prompt_pages_S * size + fed_S
+            write_S = jnp.where(advance_S, table_SxM[s_S, column_S], plan.kv_pages)
+            offset_S = fed_S % size
+            kv_lens_S = jnp.where(advance_S, virtual_S + 1, 0)
+            hole_S = prompt_len_P[p_S]
+            rope = tuple(t[prompt_len_P[p_S] + fed_S] for t in rope_all)
+
+            def attend(q_SxKxQxE, k_SxKxE, v_SxKxE, pool):
+                k_pool, v_pool = pool
+                k_pool = k_pool.at[:, write_S, offset_S, :].set(
+                    k_SxKxE.transpose(1, 0, 2).astype(k_pool.dtype), mode="drop")
+                v_pool = v_pool.at[:, write_S, offset_S, :].set(
+                    v_SxKxE.transpose(1, 0, 2).astype(v_pool.dtype), mode="drop")
+                out = ragged_paged_attention(q_SxKxQxE, k_pool, v_pool, table_SxM[:, :width],
+                                             kv_lens_S,
+                                             hole_S, impl=attention_impl)
+                return out, (k_pool, v_pool)
+
+            token_S = s["tokens_BxT"][b0_S, fed_S]
+            logits_SxV, pools = decode.decode_step_with(cfg, weights, token_S, rope, attend,
+                                                        s["pools"])
+            new_S, logprob_S = draw(jnp.minimum(t_S, T - 1), b0_S, logits_SxV)
+            recent_SxM = jnp.where(advance_S[:, None], jnp.concatenate(
+                [s["recent_SxM"][:, 1:], new_S[:, None]], axis=1), s["recent_SxM"])
+            hit_S = stops.hit(new_S, recent_SxM)
+            row_S = jnp.where(advance_S, b0_S, batch)
+            finished_S = advance_S & (hit_S | (t_S + 1 >= budgets_B[b0_S]))
+            s = dict(
+                s,
+                step=s["step"] + 1,
+                pools=pools,
+                table_SxM=table_SxM,
+                slot_gen_pages_S=s["slot_gen_pages_S"] + granted_S,
+                num_free=num_free,
+                peak_pages=jnp.maximum(s["peak_pages"], plan.kv_pages - num_free),
+                tokens_BxT=s["tokens_BxT"].at[row_S, t_S].set(new_S, mode="drop"),
+                logprobs_BxT=s["logprobs_BxT"].at[row_S, t_S].set(logprob_S, mode="drop"),
+                lengths_B=s["lengths_B"].at[row_S].set(t_S + 1, mode="drop"),
+                stopped_B=s["stopped_B"].at[jnp.where(finished_S, b0_S, batch)].set(
+                    hit_S, mode="drop"),
+                slot_t_S=t_S + advance_S,
+                recent_SxM=recent_SxM,
+            )
+            # Every running slot waits for a page: preempt the newest sample.
+            stuck = jnp.any(active_S) & ~jnp.any(advance_S)
+            evict_S = stuck & (s_S == jnp.argmax(jnp.where(active_S, b_S, -1)))
+            s = dict(s, pending_B=s["pending_B"].at[jnp.where(evict_S, b0_S, batch)].set(
+                True, mode="drop"), preemptions=s["preemptions"] + stuck)
+            done_S = finished_S | evict_S
+            return _skip_unless(jnp.any(done_S), lambda s: release(s, done_S), s)
+
+        def running(s):
+            return jnp.any(s["slot_b_S"] >= 0) | jnp.any(s["pending_B"])
+
+        def fits(s, width):
+            """Whether the next step's slots need at most ``width`` page-table columns (a
+            sample admitted next needs its prompt's pages and one more)."""
+            p_S = jnp.maximum(s["slot_b_S"], 0) // group_size
+            need_S = prompt_pages_P[p_S] + (s["slot_t_S"] - 1) // size + 1
+            return jnp.max(jnp.where(s["slot_b_S"] >= 0, need_S, 0)) <= width
+
+        s = state
+        if T > 1:
+            # The gather attention reads every column it is given: the loop runs in segments
+            # over growing table widths, each ending when a slot outgrows its width.
+            for width in _segment_widths(plan, attention_impl):
+                s = jax.lax.while_loop(lambda s, w=width: running(s) & fits(s, w),
+                                       functools.partial(step, width=width), s)
+        mask_BxT = jnp.arange(T)[None, :] < s["lengths_B"][:, None]
+        # A preempted sample's abandoned tail is padding again.
+        tokens_BxT = jnp.where(mask_BxT, s["tokens_BxT"], pad_id)
+        logprobs_BxT = jnp.where(mask_BxT, s["logprobs_BxT"], 0.0)
+        return (tokens_BxT, s["lengths_B"], mask_BxT, logprobs_BxT, s["stopped_B"],
+                1 + s["step"], batch + s["step"] * slots, s["peak_pages"], s["preemptions"])
+
+    def run_single(params, prompt_PxLp, mask_PxLp, budgets_B, rng):
+        u_TxB = step_uniforms(rng, sampling, T, prompt_PxLp.shape[0] * group_size)
+        return run(params, prompt_PxLp, mask_PxLp, u_TxB, budgets_B)
+
+    def run_sharded(params, prompt_PxLp, mask_PxLp, budgets_B, rng):
+        """Each batch shard schedules its own slots over its own pool."""
+        u_TxB = step_uniforms(rng, sampling, T, prompt_PxLp.shape[0] * group_size)
+        out = on_each_shard(run, sharding, params, prompt_PxLp, mask_PxLp, budgets_B, u_TxB,
+                            max_new_tokens=T, row_outputs=5, scalar_outputs=4)
+        return out[:5] + (jnp.max(out[5]), jnp.sum(out[6]), jnp.sum(out[7]), jnp.sum(out[8]))
+
+    return jax.jit(run_single if sharding is None else run_sharded)
