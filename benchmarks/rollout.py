@@ -50,7 +50,6 @@ import dataclasses
 import functools
 import hashlib
 import importlib.util
-import inspect
 import os
 import statistics
 import sys
@@ -173,24 +172,10 @@ def side_r1jax_tunix(reps: int) -> dict:
 
 # ------------------------------------------------------------------ r1jax engines: paged, long tail
 def engine_kwargs(engine: str, slots: int | None, page_size: int) -> dict:
-    """``generate``'s engine arguments; lockstep runs on an r1jax without the ``engine=`` argument
-    too (it is the only engine there), paged needs it."""
-    from r1jax import rollout
-
-    if "engine" not in inspect.signature(rollout.generate).parameters:
-        if engine == "lockstep":
-            return {}
-        raise RuntimeError("r1jax.rollout.generate has no engine= argument: the paged engine is "
-                           "not in this checkout yet")
+    """``generate``'s engine arguments."""
     if engine == "lockstep":
         return dict(engine="lockstep")
     return dict(engine="paged", decode_slots=int(slots), page_size=int(page_size))
-
-
-def generate_accepts(name: str) -> bool:
-    from r1jax import rollout
-
-    return name in inspect.signature(rollout.generate).parameters
 
 
 def kv_bytes_per_token(cfg) -> int:
@@ -285,7 +270,6 @@ def vllm_budgets() -> list[int]:
 
 def side_r1jax_vllm(reps: int, engine: str = "lockstep", slots: int = 64) -> dict:
     import jax
-    import numpy as np
 
     from r1jax import hf, rollout
 
@@ -294,16 +278,7 @@ def side_r1jax_vllm(reps: int, engine: str = "lockstep", slots: int = 64) -> dic
     prompts = [[5 + (i % 50)] * w["prompt_len"] for i in range(w["prompts"])]
     caps = vllm_budgets()
     kwargs = engine_kwargs(engine, slots, w["page_size"])
-    if generate_accepts("sample_budgets"):
-        kwargs.update(max_new_tokens=w["new"], sample_budgets=caps)
-        emulated = False
-    elif engine == "lockstep":
-        # An r1jax without per-sample budgets: run every sample to the largest budget and count
-        # only each sample's own budget as useful (lockstep runs max(caps) steps either way).
-        kwargs.update(max_new_tokens=max(caps))
-        emulated = True
-    else:
-        raise RuntimeError("r1jax.rollout.generate has no sample_budgets= argument")
+    kwargs.update(max_new_tokens=w["new"], sample_budgets=caps)
     key, all_lengths = jax.random.key(0), []
 
     def call(i):
@@ -311,19 +286,12 @@ def side_r1jax_vllm(reps: int, engine: str = "lockstep", slots: int = 64) -> dic
                                group_size=w["group"], temperature=1.0, stop_ids=(), **kwargs)
         jax.block_until_ready(out.tokens)
         stats, lengths = call_stats(out, cfg)
-        if emulated:
-            assert (lengths == max(caps)).all()
-            lengths = np.asarray(caps)
-            stats["useful_tokens"] = int(lengths.sum())
-            stats["mean_length"], stats["max_length"] = float(lengths.mean()), int(lengths.max())
-        else:
-            assert lengths.tolist() == caps, "lengths differ from the per-sample budgets"
+        assert lengths.tolist() == caps, "lengths differ from the per-sample budgets"
         all_lengths.append(lengths)
         return stats
 
     res = summarize_calls(_timed(call, reps, warmup=LONG_WARMUP), all_lengths)
     res["engine"] = engine if engine == "lockstep" else f"paged S={slots}"
-    res["budgets_emulated"] = emulated
     return res
 
 
@@ -451,12 +419,6 @@ R1JAX_ENV = {"JAX_PLATFORMS": "cpu"}
 WORKS = ["hf", "tunix", "hf-paged", "longtail", "vllm"]
 
 
-def paged_engine_present() -> bool:
-    from r1jax import rollout
-
-    return "engine" in inspect.signature(rollout.generate).parameters
-
-
 def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x]
 
@@ -527,10 +489,6 @@ def main():
         return [sys.executable, os.path.abspath(__file__), "--reps", str(reps), "--side"]
 
     print(f"machine: {peer_runs.machine_line()}", flush=True)
-    paged = paged_engine_present()
-    if not paged and args.only in (None, "hf-paged", "longtail", "vllm"):
-        print("[rollout] r1jax.rollout.generate has no engine= argument yet: the paged sides are "
-              "left out", flush=True)
     comparisons = []
     if args.only in (None, "hf"):
         model = peer_runs.ensure_tiny_qwen2()
@@ -563,7 +521,7 @@ def main():
         print(peer_runs.table(["work", "peer", "peer tok/s", "r1jax tok/s", "r1jax / peer",
                                "cores used by others", "idle before each run"], rows))
 
-    if args.only in (None, "hf-paged") and paged:
+    if args.only in (None, "hf-paged"):
         sides = {"r1jax lockstep": (me(args.reps) + ["r1jax-hf"], None, R1JAX_ENV),
                  "r1jax paged": (me(args.reps) + ["r1jax-hf-paged", "--slots",
                                                   str(HF_WORK["batch"])], None, R1JAX_ENV)}
@@ -583,7 +541,7 @@ def main():
         w = LONGTAIL_WORK
         sides = {"r1jax lockstep": (me(args.long_reps) + ["r1jax-longtail-lockstep"], None,
                                     R1JAX_ENV)}
-        for s in (_ints(args.slots or "64,128") if paged else []):
+        for s in _ints(args.slots or "64,128"):
             sides[f"r1jax paged S={s}"] = (me(args.long_reps) + ["r1jax-longtail-paged",
                                                                  "--slots", str(s)],
                                            None, R1JAX_ENV)
@@ -602,21 +560,17 @@ def main():
         sides = {"vLLM": (vllm_command(args.long_reps), parse_vllm, VLLM_ENV),
                  "r1jax lockstep": (me(args.long_reps) + ["r1jax-vllm-lockstep"], None,
                                     R1JAX_ENV)}
-        for s in (_ints(args.vllm_slots) if paged else []):
+        for s in _ints(args.vllm_slots):
             sides[f"r1jax paged S={s}"] = (me(args.long_reps) + ["r1jax-vllm-paged", "--slots",
                                                                  str(s)], None, R1JAX_ENV)
         results = peer_runs.alternate(sides, args.rounds, args.idle_wait)
         version = results["vLLM"][0].get("version", "vllm")
-        emulated = any(r.get("budgets_emulated") for r in results["r1jax lockstep"])
         others, idle = _others_idle(results)
         print()
         print(f"Log-normal long tail ({version}): tiny Qwen2, {w['prompts']} prompts x G "
               f"{w['group']}, prompt {w['prompt_len']}, budgets {w['lengths']} capped at "
               f"{w['new']}, EOS ignored; medians of {args.rounds} alternating rounds (each the "
               f"median of {args.long_reps} calls); idle before each run: {idle}")
-        if emulated:
-            print("(this r1jax has no sample_budgets=: lockstep ran every sample to the largest "
-                  "budget, counting each sample's own budget as useful)")
         print(longtail_table(results, "vLLM"))
 
 
