@@ -114,6 +114,25 @@ def tune_malloc() -> bool:
                ((m_arena_max, 1), (m_mmap_max, 0), (m_trim_threshold, 2**30)))
 
 
+def timed(call, reps: int, warmup: int = 2) -> dict:
+    """``reps`` timed calls ``call(i)`` after ``warmup`` untimed ones: the median and minimum
+    seconds, the cores other processes used meanwhile, and each call's returned stats."""
+    for i in range(warmup):
+        call(i)
+    contention = Contention()
+    times, stats = [], []
+    for i in range(reps):
+        t0 = time.perf_counter()
+        stat = call(warmup + i)
+        times.append(time.perf_counter() - t0)
+        stats.append(stat)
+    res = dict(seconds=statistics.median(times), seconds_min=min(times),
+               others_cores=contention.others_cores(), own_cores=contention.own_cores())
+    if any(stat is not None for stat in stats):
+        res["calls"] = [dict(stat, seconds=t) for stat, t in zip(stats, times)]
+    return res
+
+
 def emit(result: dict) -> None:
     """Print the one line a driver parses (from a side's subprocess)."""
     print(RESULT + json.dumps(result), flush=True)

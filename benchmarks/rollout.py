@@ -5,7 +5,7 @@
     python benchmarks/rollout.py --only longtail  # lockstep vs paged on a geometric long tail
     python benchmarks/rollout.py --only vllm      # vLLM vs lockstep vs paged, log-normal budgets
     python benchmarks/rollout.py --side r1jax-hf  # one side alone (prints a RESULT line)
-    python benchmarks/rollout.py --side r1jax-longtail-paged --slots 64
+    python benchmarks/rollout.py --side r1jax-longtail-paged --slots 16
 
 Five works, each run by its sides in the same run, alternating A B A B … in fresh processes,
 each after waiting for an idle machine (``../shared/peers/wait_idle.sh``):
@@ -46,17 +46,16 @@ median of ``--reps`` timed calls after 2 warm-up calls, and the table the median
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
-import hashlib
-import importlib.util
 import os
 import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import peer_runs  # noqa: E402
+from rollout_longtail import (LONGTAIL_WORK, VLLM_ENV, VLLM_WORK, engine_kwargs,  # noqa: E402
+                              longtail_table, parse_vllm, side_r1jax_longtail,
+                              side_r1jax_vllm, side_vllm, vllm_command)
 
 HF_WORK = dict(batch=32, prompt_len=16, new=128)
 TUNIX_WORK = dict(prompts=4, group=4, prompt_len=32, new=32, cache=64)
@@ -66,10 +65,6 @@ TUNIX_PROMPTS = [  # tunix_grpo_bench.py's prompts, taken 4 at a time
     "What is 2 ** 5? Answer:", "Compute 44 - 19. Answer:",
 ]
 PAD, BOS, EOS = 0, 1, 2
-LONGTAIL_WORK = dict(prompts=32, group=8, prompt_len=16, new=512, vocab=32, stop=2, page_size=16)
-VLLM_WORK = dict(prompts=32, group=8, prompt_len=16, new=480, page_size=16,
-                 lengths="lognormal:mean=60,sigma=0.8,seed=0")
-LONG_WARMUP = 1  # warm-up calls of the long-tail sides (the first compiles)
 
 
 class ByteTokenizer:
@@ -103,23 +98,6 @@ def tunix_model_config():
         max_position_embeddings=TUNIX_WORK["cache"])
 
 
-def _timed(call, reps: int, warmup: int = 2) -> dict:
-    for i in range(warmup):
-        call(i)
-    contention = peer_runs.Contention()
-    times, stats = [], []
-    for i in range(reps):
-        t0 = time.perf_counter()
-        stat = call(warmup + i)
-        times.append(time.perf_counter() - t0)
-        stats.append(stat)
-    res = dict(seconds=statistics.median(times), seconds_min=min(times),
-               others_cores=contention.others_cores(), own_cores=contention.own_cores())
-    if any(stat is not None for stat in stats):
-        res["calls"] = [dict(stat, seconds=t) for stat, t in zip(stats, times)]
-    return res
-
-
 # ------------------------------------------------------------------------------------ r1jax sides
 def side_r1jax_hf(reps: int) -> dict:
     import jax
@@ -138,7 +116,7 @@ def side_r1jax_hf(reps: int) -> dict:
         jax.block_until_ready(out.tokens)
         assert out.tokens.shape == (w["batch"], w["new"]) and int(out.lengths.min()) == w["new"]
 
-    res = _timed(call, reps)
+    res = peer_runs.timed(call, reps)
     res["tokens_per_s"] = w["batch"] * w["new"] / res["seconds"]
     return res
 
@@ -165,133 +143,8 @@ def side_r1jax_tunix(reps: int) -> dict:
         completions = [tok.decode(t[:n]) for t, n in zip(tokens, lengths)]
         assert len(completions) == w["prompts"] * w["group"] and lengths.min() == w["new"]
 
-    res = _timed(call, reps)
+    res = peer_runs.timed(call, reps)
     res["tokens_per_s"] = w["prompts"] * w["group"] * w["new"] / res["seconds"]
-    return res
-
-
-# ------------------------------------------------------------------ r1jax engines: paged, long tail
-def engine_kwargs(engine: str, slots: int | None, page_size: int) -> dict:
-    """``generate``'s engine arguments."""
-    if engine == "lockstep":
-        return dict(engine="lockstep")
-    return dict(engine="paged", decode_slots=int(slots), page_size=int(page_size))
-
-
-def kv_bytes_per_token(cfg) -> int:
-    """Keys and values of every layer for one token slot."""
-    import jax.numpy as jnp
-
-    return cfg.num_layers * 2 * cfg.num_kv_heads * cfg.head_dim * jnp.dtype(cfg.dtype).itemsize
-
-
-def call_stats(out, cfg) -> tuple[dict, object]:
-    """One call's counts: useful tokens, decode steps, slot-steps, KV token slots (allocated and
-    peak). Where the Rollout predates ``slot_steps``/``kv_tokens`` (the lockstep engine before the
-    paged one landed), the lockstep values are computed: steps x rows, rows x (Lp + T)."""
-    import numpy as np
-
-    lengths = np.asarray(out.lengths)
-    rows, budget = out.tokens.shape
-    steps = int(out.decode_steps)
-    computed = not hasattr(out, "slot_steps")
-    slot_steps = steps * rows if computed else int(out.slot_steps)
-    kv = rows * (out.prompt_tokens.shape[1] + budget) if computed else int(out.kv_tokens)
-    kv_peak = kv if computed or getattr(out, "kv_tokens_peak", None) is None \
-        else int(out.kv_tokens_peak)
-    per_token = kv_bytes_per_token(cfg)
-    return dict(useful_tokens=int(lengths.sum()), decode_steps=steps, slot_steps=slot_steps,
-                kv_mib=kv * per_token / 2**20, kv_peak_mib=kv_peak * per_token / 2**20,
-                mean_length=float(lengths.mean()), max_length=int(lengths.max()),
-                stats_computed=computed), lengths
-
-
-def summarize_calls(res: dict, all_lengths: list) -> dict:
-    """Per-call stats -> medians (tokens/s per call), and a digest of every call's lengths (the
-    warm-up calls' too) that another engine given the same keys must reproduce."""
-    calls = res.pop("calls")
-    for key in ("decode_steps", "slot_steps", "useful_tokens", "kv_mib", "kv_peak_mib",
-                "mean_length", "max_length"):
-        res[key] = statistics.median(c[key] for c in calls)
-    res["tokens_per_s"] = statistics.median(c["useful_tokens"] / c["seconds"] for c in calls)
-    res["slot_utilization"] = statistics.median(c["useful_tokens"] / c["slot_steps"]
-                                                for c in calls)
-    res["stats_computed"] = any(c["stats_computed"] for c in calls)
-    digest = hashlib.sha1()
-    for lengths in all_lengths:
-        digest.update(lengths.astype("int32").tobytes())
-    res["lengths_digest"] = digest.hexdigest()[:12]
-    return res
-
-
-def longtail_model_config():
-    """The Tunix work's Qwen3 block with a 32-token vocabulary (the stop id 2 is ~1/32 a step)."""
-    w = LONGTAIL_WORK
-    return dataclasses.replace(tunix_model_config(), vocab_size=w["vocab"],
-                               max_position_embeddings=w["prompt_len"] + w["new"])
-
-
-def side_r1jax_longtail(reps: int, engine: str = "lockstep", slots: int = 64) -> dict:
-    import jax
-    import numpy as np
-
-    from r1jax import models, rollout
-
-    w = LONGTAIL_WORK
-    cfg = longtail_model_config()
-    params = models.init(cfg, jax.random.key(0))
-    prompts = np.random.default_rng(0).integers(3, w["vocab"], (w["prompts"], w["prompt_len"]))
-    kwargs = engine_kwargs(engine, slots, w["page_size"])
-    key, all_lengths = jax.random.key(0), []
-
-    def call(i):
-        out = rollout.generate(params, cfg, prompts.tolist(), rng=jax.random.fold_in(key, i),
-                               max_new_tokens=w["new"], group_size=w["group"], temperature=1.0,
-                               stop_ids=(w["stop"],), **kwargs)
-        jax.block_until_ready(out.tokens)
-        stats, lengths = call_stats(out, cfg)
-        all_lengths.append(lengths)
-        return stats
-
-    res = summarize_calls(_timed(call, reps, warmup=LONG_WARMUP), all_lengths)
-    res["engine"] = engine if engine == "lockstep" else f"paged S={slots}"
-    return res
-
-
-def vllm_budgets() -> list[int]:
-    """The per-sample budgets of ``vllm_generate_bench.py --lengths ...`` (its own function)."""
-    path = os.path.join(peer_runs.PEER_SCRIPTS, "vllm_generate_bench.py")
-    spec = importlib.util.spec_from_file_location("vllm_generate_bench", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # imports vllm only inside main()
-    w = VLLM_WORK
-    return module.budgets(w["lengths"], w["prompts"] * w["group"], w["new"])
-
-
-def side_r1jax_vllm(reps: int, engine: str = "lockstep", slots: int = 64) -> dict:
-    import jax
-
-    from r1jax import hf, rollout
-
-    w = VLLM_WORK
-    cfg, params = hf.load_pretrained(peer_runs.ensure_tiny_qwen2())
-    prompts = [[5 + (i % 50)] * w["prompt_len"] for i in range(w["prompts"])]
-    caps = vllm_budgets()
-    kwargs = engine_kwargs(engine, slots, w["page_size"])
-    kwargs.update(max_new_tokens=w["new"], sample_budgets=caps)
-    key, all_lengths = jax.random.key(0), []
-
-    def call(i):
-        out = rollout.generate(params, cfg, prompts, rng=jax.random.fold_in(key, i),
-                               group_size=w["group"], temperature=1.0, stop_ids=(), **kwargs)
-        jax.block_until_ready(out.tokens)
-        stats, lengths = call_stats(out, cfg)
-        assert lengths.tolist() == caps, "lengths differ from the per-sample budgets"
-        all_lengths.append(lengths)
-        return stats
-
-    res = summarize_calls(_timed(call, reps, warmup=LONG_WARMUP), all_lengths)
-    res["engine"] = engine if engine == "lockstep" else f"paged S={slots}"
     return res
 
 
@@ -314,7 +167,7 @@ def side_r1jax_hf_paged(reps: int, slots: int | None = None) -> dict:
         jax.block_until_ready(out.tokens)
         assert out.tokens.shape == (w["batch"], w["new"]) and int(out.lengths.min()) == w["new"]
 
-    res = _timed(call, reps)
+    res = peer_runs.timed(call, reps)
     res["tokens_per_s"] = w["batch"] * w["new"] / res["seconds"]
     return res
 
@@ -353,7 +206,7 @@ def side_tunix(reps: int) -> dict:
             jax.block_until_ready(out.tokens)
             assert len(out.text) == len(batch) and min(len(t) for t in out.tokens) == w["new"]
 
-        res = _timed(call, reps)
+        res = peer_runs.timed(call, reps)
     res["tokens_per_s"] = w["prompts"] * w["group"] * w["new"] / res["seconds"]
     import tunix
     res["version"] = f"tunix {getattr(tunix, '__version__', '0.1.7?')} jax {jax.__version__}"
@@ -379,34 +232,6 @@ def parse_hf(stdout: str) -> dict:
     return res
 
 
-def parse_vllm(stdout: str) -> dict:
-    """``vllm_generate_bench.py``'s ``RESULT key=value ...`` line -> the other sides' fields."""
-    lines = [l for l in stdout.splitlines() if l.startswith(peer_runs.RESULT)]
-    if not lines:
-        raise RuntimeError(f"could not parse vllm_generate_bench.py output:\n{stdout[-2000:]}")
-    kv = dict(item.split("=", 1) for item in lines[-1][len(peer_runs.RESULT):].split())
-    return dict(seconds=float(kv["seconds"]), tokens_per_s=float(kv["tokens_per_s"]),
-                useful_tokens=int(kv["new_tokens"]), samples=int(kv["samples"]),
-                max_length=int(kv["max_budget"]), version=kv["engine"])
-
-
-VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "OMP_NUM_THREADS": "2"}
-
-
-def vllm_command(reps: int) -> list[str]:
-    w = VLLM_WORK
-    return [peer_runs.peer_python("vllm"),
-            os.path.join(peer_runs.PEER_SCRIPTS, "vllm_generate_bench.py"),
-            "--model", peer_runs.ensure_tiny_qwen2(), "--prompts", str(w["prompts"]),
-            "--group", str(w["group"]), "--prompt-len", str(w["prompt_len"]),
-            "--new", str(w["new"]), "--lengths", w["lengths"], "--reps", str(reps)]
-
-
-def side_vllm(reps: int) -> dict:
-    """vLLM's side of the log-normal work: its own script in its own environment."""
-    return peer_runs.run_side(vllm_command(reps), parse_vllm, VLLM_ENV)
-
-
 SIDES = {"r1jax-hf": side_r1jax_hf, "r1jax-tunix": side_r1jax_tunix, "tunix": side_tunix,
          "r1jax-hf-paged": side_r1jax_hf_paged,
          "r1jax-longtail-lockstep": side_r1jax_longtail,
@@ -429,39 +254,6 @@ def _others_idle(results: dict) -> tuple[float, str]:
     return others, "yes" if idle else "no"
 
 
-def longtail_table(results: dict, reference: str) -> str:
-    """One row per side of a long-tail work: tokens/s against ``reference`` (and against lockstep,
-    when that is not the reference), KV memory against lockstep."""
-    lockstep = results.get("r1jax lockstep")
-    ratio_to = [reference] + (["r1jax lockstep"] if lockstep and reference != "r1jax lockstep"
-                              else [])
-
-    def med(runs, key, spec):
-        value = peer_runs.median(runs, key)
-        return "n/a" if value != value else format(value, spec)
-
-    def ratio(runs, base, key):
-        value = peer_runs.median(runs, key) / peer_runs.median(results[base], key)
-        return "n/a" if value != value else f"{value:.2f}x"
-
-    rows = []
-    for name, runs in results.items():
-        digests = {r.get("lengths_digest") for r in runs}
-        agree = "-" if lockstep is None or name == "r1jax lockstep" or None in digests else (
-            "yes" if digests == {r.get("lengths_digest") for r in lockstep} else "NO")
-        rows.append([name, med(runs, "tokens_per_s", ",.0f"),
-                     *[ratio(runs, base, "tokens_per_s") for base in ratio_to],
-                     med(runs, "decode_steps", ",.0f"), med(runs, "slot_utilization", ".1%"),
-                     med(runs, "kv_mib", ",.2f"), med(runs, "kv_peak_mib", ",.2f"),
-                     ratio(runs, "r1jax lockstep", "kv_peak_mib") if lockstep else "n/a",
-                     agree, med(runs, "others_cores", ".2f")])
-    short = {"r1jax lockstep": "lockstep"}
-    return peer_runs.table(
-        ["side", "useful tok/s", *[f"vs {short.get(b, b)}" for b in ratio_to], "decode steps",
-         "slot util", "KV alloc MiB", "KV peak MiB", "peak KV vs lockstep", "lengths = lockstep",
-         "cores used by others"], rows)
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--side", choices=sorted(SIDES), help="run one side and print its RESULT")
@@ -472,9 +264,9 @@ def main():
     p.add_argument("--only", choices=WORKS, default=None)
     p.add_argument("--slots", default=None,
                    help="paged decode slots, comma-separated: the long-tail work runs one side "
-                        "per count (default 64,128); with --side, the first count (default: 64, "
-                        "the batch for r1jax-hf-paged)")
-    p.add_argument("--vllm-slots", default="64,128",
+                        "per count (default 16,32,64); with --side, the first count (default: "
+                        "64, the batch for r1jax-hf-paged)")
+    p.add_argument("--vllm-slots", default="16,32,64",
                    help="paged decode slots in the vLLM work (one side per count)")
     p.add_argument("--idle-wait", type=int, default=900,
                    help="seconds to wait for an idle machine before each run (0: do not wait)")
@@ -541,7 +333,7 @@ def main():
         w = LONGTAIL_WORK
         sides = {"r1jax lockstep": (me(args.long_reps) + ["r1jax-longtail-lockstep"], None,
                                     R1JAX_ENV)}
-        for s in _ints(args.slots or "64,128"):
+        for s in _ints(args.slots or "16,32,64"):
             sides[f"r1jax paged S={s}"] = (me(args.long_reps) + ["r1jax-longtail-paged",
                                                                  "--slots", str(s)],
                                            None, R1JAX_ENV)

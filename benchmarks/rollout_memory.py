@@ -22,8 +22,8 @@ over ``data`` x ``fsdp``). Two measures, both per chip:
    truncates. The table adds the bf16 weights, FSDP-sharded (the parameters' resting layout) or
    whole on every chip, and says whether that fits a v5p chip's HBM
    (``r1jax.rl.aot_memory.TPU_HBM_BYTES``). The paged engine's ``shard_map`` takes the parameters
-   replicated (``in_specs=P()``), so during its rollout every chip holds the whole weights (and
-   ``decode.prepare_weights``' fused copy of them; the compiled temporaries show it).
+   replicated (``in_specs=P()``), so during its rollout every chip holds the whole weights
+   (``decode.prepare_weights`` fuses q/k/v and gate/up into a second copy on CPU only).
 
 2. **Compiled, ahead of time.** ``paged.compiled_paged`` and the lockstep ``compiled_rollout``
    (its TPU path, ``unstack=False``) are lowered with abstract sharded inputs
@@ -36,7 +36,7 @@ over ``data`` x ``fsdp``). Two measures, both per chip:
    check compares with the chip's HBM. A program
    XLA:TPU refuses for want of HBM is a verdict: the line gives the bytes it says it needs
    (``aot_memory.program_memory``). The largest allocations of each heap are listed (the pools,
-   the gathered and fused weights...). The KV each program's decode loop carries is also read from
+   the gathered weights...). The KV each program's decode loop carries is also read from
    its jaxpr and checked against the analytic count. The programs unroll their layers: a
    28-layer paged rollout takes ~4 min to compile on this 2-core host, the lockstep one is refused
    in ~30 s. ``--layers 1,2`` compiles 1- and 2-layer models of the same shapes and extrapolates
@@ -141,7 +141,8 @@ def kv_settings(num_prompts, group_size, prompt_len, max_new_tokens, slot_counts
                      shards)]
     for slots in slot_counts:
         default = paged.plan(num_prompts, prompt_len, group_size, max_new_tokens,
-                             decode_slots=slots, page_size=page_size, shards=shards)
+                             decode_slots=slots, page_size=page_size, shards=shards,
+                             attention="pallas_tpu")
         out.append(KVSetting(f"paged S={slots}, worst case", "paged",
                              paged_kv_tokens(default, shards), shards, default))
         pages = pool_pages_for(num_prompts, prompt_len, slots, mean_tokens, utilization,
@@ -149,7 +150,7 @@ def kv_settings(num_prompts, group_size, prompt_len, max_new_tokens, slot_counts
         try:
             sized = paged.plan(num_prompts, prompt_len, group_size, max_new_tokens,
                                decode_slots=slots, page_size=page_size, kv_pages=pages,
-                               shards=shards)
+                               shards=shards, attention="pallas_tpu")
         except ValueError as e:  # a pool too small for one full-length sample per shard
             print(f"  (paged S={slots} at mean {mean_tokens:g}: {e})")
             continue
@@ -189,8 +190,8 @@ def analytic_table(cfg, settings: list[KVSetting], chips: int, fsdp: int, hbm: i
                  f"{_gib(sharded)} GiB FSDP-sharded over {fsdp}; HBM "
                  f"{'unknown' if hbm is None else _gib(hbm) + ' GiB'} per chip.")
     lines.append("The lockstep engine keeps the parameters FSDP-sharded (+W/fsdp); the paged "
-                 "engine's shard_map replicates them on every chip during the rollout (+W whole), "
-                 "before its fused decode copy (see the compiled temporaries).")
+                 "engine's shard_map replicates them on every chip during the rollout (+W whole; "
+                 "see the compiled temporaries).")
     return "\n".join(lines)
 
 
@@ -207,9 +208,11 @@ def _subjaxprs(eqn):
 
 
 def loop_kv_carry_bytes(closed_jaxpr, cfg) -> int:
-    """Bytes of the KV arrays (4-D, the cache dtype, last dim the head dim) that the largest
-    ``while_loop`` of a traced program carries: the engine's cache as it allocates it (per shard
-    inside a ``shard_map``, global outside one). Pallas kernels' own loops are not looked into."""
+    """Bytes of the KV arrays (4-D, the cache dtype, the head dim one of the last two) that the
+    largest ``while_loop`` of a traced program holds: the engine's cache as it allocates it (per
+    shard inside a ``shard_map``, global outside one). A loop's operands count, carried or not
+    (JAX passes a carry the loop never changes, such as the prompts' pages, as a constant), but
+    not the program's own inputs (the weights). Pallas kernels' own loops are not looked into."""
     dtype, best = jnp.dtype(cfg.activation_dtype), 0
 
     def kv(aval):
@@ -223,9 +226,10 @@ def loop_kv_carry_bytes(closed_jaxpr, cfg) -> int:
             if eqn.primitive.name == "pallas_call":
                 continue
             if eqn.primitive.name == "while":
-                carried = sum(math.prod(v.aval.shape) * dtype.itemsize for v in eqn.outvars
-                              if kv(v.aval))
-                best = max(best, carried)
+                inputs = set(jaxpr.invars) | set(jaxpr.constvars)
+                held = {v for v in eqn.invars
+                        if not hasattr(v, "val") and v not in inputs and kv(v.aval)}
+                best = max(best, sum(math.prod(v.aval.shape) * dtype.itemsize for v in held))
             for sub in _subjaxprs(eqn):
                 walk(sub)
 

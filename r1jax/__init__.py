@@ -12,4 +12,6 @@ Shape legend — every array name in r1jax ends with the letters of its shape (`
     E  head dim                     V  vocabulary
     Y  layers                       C  fused q/k/v columns (``(H + 2K)·E``)
     M  stop-sequence window         Eh half a head dim (rotary frequencies)
+    X  routed experts               A  experts chosen per token (top-k)
+    R  token-expert assignments (``N·A``, sorted by expert in the grouped matmuls)
 """

@@ -87,10 +87,14 @@ def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
     return optax.chain(*chain)
 
 
-def init_train_state(params: Any, optimizer: optax.GradientTransformation) -> TrainState:
+def init_train_state(params: Any, optimizer: optax.GradientTransformation,
+                     shardings: Any = None) -> TrainState:
     """A fresh state, its optimizer moments created in the parameters' shardings (left to
-    itself, XLA replicates the zeros on every device: a full copy of the moments per chip)."""
-    shardings = jax.tree.map(lambda x: getattr(x, "sharding", None), params)
+    itself, XLA replicates the zeros on every device: a full copy of the moments per chip).
+    ``shardings`` (default: the arrays' own) is for tracing it abstractly, where the parameters
+    are tracers without a sharding (``r1jax.rl.aot``)."""
+    if shardings is None:
+        shardings = jax.tree.map(lambda x: getattr(x, "sharding", None), params)
 
     def place(moment, sharding):
         if isinstance(sharding, jax.sharding.NamedSharding):

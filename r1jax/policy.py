@@ -67,11 +67,18 @@ def load_policy(source: ModelSource, sharding: Sharding):
 
 
 # What makes a checkpoint the preset it is said to be: shapes, and the positions and RoPE that its
-# run's budgets and numerics depend on (Qwen2.5-7B and Qwen2.5-Math-7B differ only in these).
+# run's budgets and numerics depend on (Qwen2.5-7B and Qwen2.5-Math-7B differ only in these), and
+# for a mixture of experts its experts and routing (two MoEs of one width can differ only there;
+# a dense config has their defaults, so dense checks are unchanged).
 ARCHITECTURE_FIELDS = ("model_type", "vocab_size", "hidden_size", "intermediate_size",
                        "num_layers", "num_heads", "num_kv_heads", "head_dim", "tie_embeddings",
                        "qkv_bias", "qk_norm", "max_position_embeddings", "rope_theta",
-                       "rope_scaling")
+                       "rope_scaling", "n_routed_experts", "num_experts_per_tok",
+                       "moe_intermediate_size", "n_shared_experts", "n_group", "topk_group",
+                       "scoring", "score_correction_bias", "norm_topk_prob",
+                       "routed_scaling_factor", "first_k_dense_replace", "q_lora_rank",
+                       "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim",
+                       "rope_interleave", "attention_bias")
 
 
 def check_architecture(loaded: models.ModelConfig, source: ModelSource) -> None:

@@ -1,8 +1,13 @@
 """Meshes and the one table that maps logical axis names to mesh axes.
 
 Every parameter and key activation carries logical axis names (``embed``, ``mlp``, ``heads``…);
-``DEFAULT_RULES`` maps them onto the three mesh axes ``data``, ``fsdp`` and ``tensor``. A logical
-name mapped to ``None`` is replicated.
+``DEFAULT_RULES`` maps them onto the mesh axes ``data``, ``fsdp`` and ``tensor`` (and ``expert``,
+for mixtures of experts). A logical name mapped to ``None`` is replicated.
+
+The ``expert`` axis exists in a mesh only when its size is not 1, so every dense-model mesh is the
+three-axis mesh it always was. On it, expert weights (logical ``exp``) are split by expert, and
+the batch is split over it as over ``data`` (outside the expert layers it is data parallelism);
+``r1jax.models.moe`` brings each token to its experts' devices and back.
 
 Shapes are checked against the mesh: when a dimension does not divide by the mesh axes its rule
 names (e.g. 2 KV heads on a ``tensor`` axis of 4), that dimension is replicated instead of failing
@@ -20,14 +25,16 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-MESH_AXES = ("data", "fsdp", "tensor")
+MESH_AXES = ("data", "fsdp", "tensor", "expert")
+# The order of the axes in a mesh: expert-parallel groups of neighbouring devices, tensor innermost.
+_MESH_ORDER = ("data", "fsdp", "expert", "tensor")
 
 Rules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
 
 # Parameters use the plain names; activations use ``act_*`` names so that, under FSDP, weights are
 # sharded on ``embed`` while activations keep ``embed`` whole and shard the batch instead.
 DEFAULT_RULES: Rules = (
-    ("batch", ("data", "fsdp")),
+    ("batch", ("data", "fsdp", "expert")),
     ("length", None),
     ("cache_length", None),
     ("layers", None),
@@ -37,6 +44,10 @@ DEFAULT_RULES: Rules = (
     ("heads", "tensor"),
     ("kv_heads", "tensor"),
     ("head_dim", None),
+    # MLA's low-rank widths (q LoRA, KV latent): small, and split they would put an all-reduce
+    # inside every attention score of the decode step.
+    ("latent", None),
+    ("exp", "expert"),
     ("act_embed", None),
     ("act_mlp", "tensor"),
     ("act_heads", "tensor"),
@@ -52,10 +63,12 @@ class MeshSettings:
     data: int = 1
     fsdp: int = -1
     tensor: int = 1
+    expert: int = 1
 
 
 def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A mesh over ``(data, fsdp, tensor)``; one entry of ``shape`` may be -1 (= the rest).
+    """A mesh over ``(data, fsdp, tensor)``, plus ``expert`` when ``shape`` gives it a size other
+    than 1; one entry of ``shape`` may be -1 (= the rest).
 
     ``make_mesh({"data": 2, "fsdp": 2, "tensor": 2})`` on 8 devices gives a 2×2×2 mesh.
     """
@@ -63,7 +76,8 @@ def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = N
     if unknown:
         raise ValueError(f"unknown mesh axes {sorted(unknown)}; the mesh axes are {MESH_AXES}")
     devices = list(jax.devices() if devices is None else devices)
-    sizes = [int(shape.get(axis, 1)) for axis in MESH_AXES]
+    axes = tuple(a for a in _MESH_ORDER if a != "expert" or int(shape.get(a, 1)) != 1)
+    sizes = [int(shape.get(axis, 1)) for axis in axes]
     if sizes.count(-1) > 1:
         raise ValueError(f"at most one mesh axis may be -1, got {dict(shape)}")
     if -1 in sizes:
@@ -72,17 +86,17 @@ def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = N
             raise ValueError(f"{len(devices)} devices do not divide into mesh {dict(shape)}")
         sizes[sizes.index(-1)] = len(devices) // known
     if any(s < 1 for s in sizes):
-        raise ValueError(f"mesh axis sizes must be positive, got {dict(zip(MESH_AXES, sizes))}")
+        raise ValueError(f"mesh axis sizes must be positive, got {dict(zip(axes, sizes))}")
     if math.prod(sizes) != len(devices):
         raise ValueError(
-            f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
+            f"mesh {dict(zip(axes, sizes))} needs {math.prod(sizes)} devices, "
             f"but {len(devices)} are available; set the sizes so their product is {len(devices)}"
         )
     try:
         grid = mesh_utils.create_device_mesh(sizes, devices)
     except Exception:  # noqa: BLE001 — fake CPU devices and odd topologies have no physical layout
         grid = np.asarray(devices).reshape(sizes)
-    return Mesh(grid, MESH_AXES)
+    return Mesh(grid, axes)
 
 
 def logical_to_spec(

@@ -36,6 +36,11 @@ def _hf_config(kind):
                                         rope_scaling=dict(LLAMA3_ROPE))
     if kind == "qwen3":  # q/k RMSNorm
         return transformers.Qwen3Config(**COMMON, tie_word_embeddings=False, rope_theta=1000.0)
+    if kind == "qwen3_moe":  # 8 experts top-2 (per-expert tensors), layer 0 dense, q/k RMSNorm
+        return transformers.Qwen3MoeConfig(**COMMON, tie_word_embeddings=False, rope_theta=1000.0,
+                                           num_experts=8, num_experts_per_tok=2,
+                                           moe_intermediate_size=32, norm_topk_prob=True,
+                                           decoder_sparse_step=1, mlp_only_layers=[0])
     raise ValueError(kind)
 
 
@@ -60,7 +65,7 @@ def _masked_max_diff(a, b, mask=MASK):
     return float((np.abs(a - b) * mask[..., None]).max())
 
 
-@pytest.mark.parametrize("kind", ["qwen2", "llama3", "qwen3"])
+@pytest.mark.parametrize("kind", ["qwen2", "llama3", "qwen3", "qwen3_moe"])
 def test_logits_match_transformers_with_left_padding(kind, tmp_path):
     torch_model = _save_random_hf(kind, tmp_path)
     cfg, params = hf.load_pretrained(str(tmp_path))
@@ -82,11 +87,11 @@ def test_llama3_rope_scaling_is_applied(tmp_path):
     assert _masked_max_diff(np.asarray(scaled), np.asarray(plain)) > 1e-2
 
 
-@pytest.mark.parametrize("kind", ["qwen2", "llama3", "qwen3"])
+@pytest.mark.parametrize("kind", ["qwen2", "llama3", "qwen3", "qwen3_moe"])
 def test_round_trip_through_transformers(kind, tmp_path):
     """r1jax params → save_pretrained → transformers loads → the same logits; and back."""
     cfg = hf.config_from_dict(json.loads(_hf_config(kind).to_json_string()))
-    params = models.init(cfg, jax.random.key(1))
+    params = jax.jit(lambda r: models.init(cfg, r))(jax.random.key(1))  # eager init is slow
     params = jax.tree.map(lambda x: x * 10.0 if x.ndim > 1 else x + 0.1, params)
     hf.save_pretrained(str(tmp_path), cfg, params, max_shard_bytes=40_000)
     assert os.path.isfile(tmp_path / "model.safetensors.index.json")  # sharded on purpose
@@ -96,6 +101,34 @@ def test_round_trip_through_transformers(kind, tmp_path):
     cfg2, params2 = hf.load_pretrained(str(tmp_path))
     assert cfg2 == cfg
     jax.tree.map(np.testing.assert_array_equal, params2, params)
+
+
+def test_qwen3_moe_logits_match_transformers_for_each_sequence_alone(tmp_path):
+    """Each row of the batch alone (no padding) against transformers, routing unnormalized."""
+    torch.manual_seed(1)
+    config = _hf_config("qwen3_moe")
+    config.norm_topk_prob = False
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.3)
+    model.save_pretrained(tmp_path)
+    cfg, params = hf.load_pretrained(str(tmp_path))
+    assert cfg.is_moe and not cfg.norm_topk_prob and cfg.first_k_dense_replace == 1
+    forward = jax.jit(lambda t: models.logits(cfg, params, t))
+    for tokens, mask in zip(TOKENS, MASK):
+        seq = tokens[mask.astype(bool)][None]
+        ours = np.asarray(forward(jnp.asarray(seq)))
+        ref = _torch_logits(model, seq, np.ones_like(seq), np.arange(seq.shape[1])[None])
+        assert np.abs(ours - ref).max() <= 1e-4
+
+
+def test_qwen3_moe_dense_layers_must_come_first():
+    raw = json.loads(_hf_config("qwen3_moe").to_json_string())
+    assert hf.config_from_dict(raw).first_k_dense_replace == 1
+    raw["mlp_only_layers"] = [1]
+    with pytest.raises(hf.CheckpointError, match=r"make layers \[1\] dense"):
+        hf.config_from_dict(raw, "x/config.json")
 
 
 def test_sharded_load_places_each_tensor_and_matches(tmp_path):

@@ -8,6 +8,7 @@ import pytest
 from r1jax import models
 from r1jax.models import decode
 from r1jax.models.layers import grouped_query_attention, rope_tables
+from r1jax.sharding import DEFAULT_RULES
 
 # Published parameter counts (Hugging Face model cards / safetensors index totals).
 PUBLISHED_PARAMS = {
@@ -19,6 +20,7 @@ PUBLISHED_PARAMS = {
     "qwen2.5-math-7b": 7_615_616_512,
     "llama3.1-8b": 8_030_261_248,
     "llama3.3-70b": 70_553_706_496,
+    "qwen3-30b-a3b": 30_532_122_624,  # 61,064,245,248 bytes of bfloat16 in its index
 }
 
 SMALL = models.ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_layers=2,
@@ -42,11 +44,17 @@ def test_full_size_presets_by_shape_only(name):
     assert ("lm_head" in shapes) == (not cfg.tie_embeddings)
 
 
-def test_every_parameter_has_logical_axes():
-    cfg = models.get_config("qwen2.5-7b")
+@pytest.mark.parametrize("name", ["qwen2.5-7b", "deepseek-v3"])
+def test_every_parameter_has_logical_axes(name):
+    cfg = models.get_config(name)
     axes = models.param_logical_axes(cfg)
     shapes = models.param_shapes(cfg)
     known = {"layers", "vocab", "embed", "mlp", "heads", "kv_heads", "head_dim"}
+    if cfg.is_moe:  # experts, and the router's and score bias's expert axis (replicated)
+        known |= {"exp", None}
+    if cfg.is_mla:
+        known |= {"latent"}
+    assert known - {None} <= {name for name, _ in DEFAULT_RULES}
     flat_axes = jax.tree.leaves(axes, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
     for spec, shape in zip(flat_axes, jax.tree.leaves(shapes)):
         assert len(spec) == len(shape.shape) and set(spec) <= known

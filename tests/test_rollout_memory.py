@@ -54,7 +54,7 @@ def test_dense_count_is_the_lockstep_cache(params):
         assert rm.loop_kv_carry_bytes(traced.jaxpr, CFG) == tokens * rm.kv_bytes_per_token(CFG)
 
 
-@pytest.mark.parametrize("kv_pages", [0, 40])  # the default (worst case) pool, an overcommitted one
+@pytest.mark.parametrize("kv_pages", [0, 30])  # the default (worst case) pool, an overcommitted one
 def test_paged_count_is_the_pool(params, kv_pages):
     out = _generate(params, "paged", decode_slots=SLOTS, page_size=PAGE, kv_pages=kv_pages)
     plan = paged.plan(len(PROMPTS), LP, G, T, decode_slots=SLOTS, page_size=PAGE,
@@ -122,7 +122,8 @@ def test_tiny_paged_rollout_compiles_for_a_tpu_topology():
     work = rm.Workload(num_prompts=4, group_size=4, prompt_len=16, max_new_tokens=64)
     shards = rm.batch_shards(sharding, work.num_prompts)
     assert shards == 4
-    plan = paged.plan(4, 16, 4, 64, decode_slots=8, page_size=16, shards=shards)
+    plan = paged.plan(4, 16, 4, 64, decode_slots=8, page_size=16, shards=shards,
+                      attention="pallas_tpu")
     fn = rm.paged_fn(cfg, sharding, work, plan)
     inputs = rm.abstract_inputs(cfg, sharding, work)
     run = rm.compile_program("paged", fn, inputs, cfg, "tpu", 1)

@@ -3,10 +3,15 @@
 Loading never builds a full host copy of the model: each device's slice of each parameter is read
 straight from the memory-mapped safetensors file by ``jax.make_array_from_callback``, in the layout
 the mesh and rules table give it. Saving writes one shard at a time, from process 0.
+
+DeepSeek-V3/R1's FP8 checkpoints (``quantization_config`` in config.json) are read through
+``fp8.read_safetensors`` instead: each float8 weight is dequantized with its ``weight_scale_inv``
+when first read (``fp8.dequantize_fp8``, one tensor at a time), the scales themselves dropped.
 """
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 from typing import Any, Iterator
@@ -18,7 +23,9 @@ from jax.experimental import multihost_utils
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from r1jax.hf.config_io import CheckpointError, load_config, save_config
+from r1jax.hf import fp8
+from r1jax.hf.config_io import load_config, save_config
+from r1jax.hf.errors import CheckpointError
 from r1jax.hf.tensor_map import TensorMap, ignorable, tensor_maps
 from r1jax.models import ModelConfig, param_shardings
 from r1jax.sharding import DEFAULT_RULES, Rules, Sharding
@@ -118,6 +125,10 @@ def load_pretrained(
     cfg = load_config(path, dtype)
     maps = tensor_maps(cfg)
     files = _weight_files(path)
+    with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+        block = fp8.block_size_of(json.load(f))
+    if block is not None:
+        files = {n: f for n, f in files.items() if not n.endswith(fp8.SCALE_SUFFIX)}
     if mesh is not None:
         shardings = param_shardings(cfg, Sharding(mesh, rules))
     else:
@@ -125,30 +136,76 @@ def load_pretrained(
     np_dtype = np.dtype(jnp.dtype(cfg.param_dtype))
     params: dict = {}
     with contextlib.ExitStack() as stack:
-        handles = {f: stack.enter_context(safe_open(f, framework="np"))
-                   for f in sorted(set(files.values()))}
+        if block is None:
+            handles = {f: stack.enter_context(safe_open(f, framework="np"))
+                       for f in sorted(set(files.values()))}
+        else:
+            handles = {f: _DequantizingReader(f, block) for f in sorted(set(files.values()))}
         _check_tensors(cfg, maps, files, handles)
         for m in maps:
             names = m.hf_names(cfg.num_layers)
             slices = [handles[files[n]].get_slice(n) for n in names]
-            shape = (cfg.num_layers, *m.shape) if m.stacked else m.shape
+            lead = m.lead_shape(cfg.num_layers)
             sharding = single_device if mesh is None else _param_at(shardings, m.path)
-            _set_param(params, m.path, _read_sharded(m, slices, shape, sharding, np_dtype))
+            # The score-correction bias stays float32 whatever the weights' dtype (as at init).
+            kind = np.dtype(np.float32) if m.path[-1] == "score_bias" else np_dtype
+            _set_param(params, m.path, _read_sharded(m, slices, lead, sharding, kind))
     return cfg, params
 
 
-def _read_sharded(m: TensorMap, slices: list, shape, sharding, np_dtype) -> jax.Array:
+class _DequantizingReader:
+    """``safe_open``'s ``get_slice`` over an FP8 safetensors file: float8 weights come back
+    dequantized (by ``block``; a scale in a file of its own is not supported), others as stored."""
+
+    def __init__(self, file: str, block: tuple[int, int]):
+        self.tensors, self.block = fp8.read_safetensors(file), block
+        self.last: tuple[str, np.ndarray] | None = None  # a tensor's regions are read in a row
+
+    def get_slice(self, name: str):
+        return _Lazy(self, name)
+
+    def array(self, name: str) -> np.ndarray:
+        if self.last is None or self.last[0] != name:
+            self.last = (name, self._read(name))
+        return self.last[1]
+
+    def _read(self, name: str) -> np.ndarray:
+        weight, scale = self.tensors[name], self.tensors.get(name + fp8.SCALE_SUFFIX)
+        if scale is not None:
+            return fp8.dequantize_fp8(weight, scale, self.block, np.float32, name)
+        if weight.dtype == fp8.FP8_DTYPE:
+            raise CheckpointError(f"{name} is float8_e4m3fn but has no {name}{fp8.SCALE_SUFFIX} "
+                                  "in its file to dequantize it with")
+        return weight
+
+
+class _Lazy:
+    def __init__(self, reader: _DequantizingReader, name: str):
+        self.reader, self.name = reader, name
+
+    def get_shape(self):
+        return list(self.reader.tensors[self.name].shape)
+
+    def __getitem__(self, index):
+        return self.reader.array(self.name)[index]
+
+
+def _read_sharded(m: TensorMap, slices: list, lead: tuple[int, ...], sharding, np_dtype
+                  ) -> jax.Array:
+    """The parameter of ``m``: its ``lead`` axes (layers, experts) index into ``slices`` (one
+    HF tensor each, row-major), the rest are each tensor's r1jax-layout view."""
     seen: dict[tuple, np.ndarray] = {}  # replicated shards: read each distinct region once
+    shape = (*lead, *m.shape)
+    strides = [int(np.prod(lead[d + 1:])) for d in range(len(lead))]
 
     def read(index: tuple[slice, ...]) -> np.ndarray:
         index = tuple(index) + (slice(None),) * (len(shape) - len(index))
         key = tuple(s.indices(d) for s, d in zip(index, shape))
         if key not in seen:
-            if m.stacked:
-                layers = range(*index[0].indices(shape[0]))
-                region = np.stack([m.read(slices[i], index[1:]) for i in layers])
-            else:
-                region = m.read(slices[0], index)
+            ranges = [range(*index[d].indices(lead[d])) for d in range(len(lead))]
+            parts = [m.read(slices[sum(i * s for i, s in zip(at, strides))], index[len(lead):])
+                     for at in itertools.product(*ranges)]
+            region = np.stack(parts).reshape(*map(len, ranges), *parts[0].shape)
             seen[key] = region.astype(np_dtype, copy=False)
         return seen[key]
 
@@ -161,10 +218,12 @@ def _fetch(x: jax.Array) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
-def _hf_tensors(cfg: ModelConfig) -> Iterator[tuple[str, TensorMap, int | None]]:
+def _hf_tensors(cfg: ModelConfig) -> Iterator[tuple[str, TensorMap, tuple[int, ...]]]:
+    """Every HF tensor, its map, and its index into the parameter's lead (layer, expert) axes."""
     for m in tensor_maps(cfg):
-        for i, name in enumerate(m.hf_names(cfg.num_layers)):
-            yield name, m, (i if m.stacked else None)
+        lead = m.lead_shape(cfg.num_layers)
+        yield from zip(m.hf_names(cfg.num_layers), itertools.repeat(m),
+                       itertools.product(*map(range, lead)))
 
 
 def save_pretrained(path: str, cfg: ModelConfig, params: Any, *,
@@ -177,7 +236,7 @@ def save_pretrained(path: str, cfg: ModelConfig, params: Any, *,
     """
     writer = jax.process_index() == 0
     entries = list(_hf_tensors(cfg))
-    shards: list[list[tuple[str, TensorMap, int | None]]] = [[]]
+    shards: list[list[tuple[str, TensorMap, tuple[int, ...]]]] = [[]]
     size = 0
     for entry in entries:
         m = entry[1]
@@ -193,12 +252,18 @@ def save_pretrained(path: str, cfg: ModelConfig, params: Any, *,
     files = [SINGLE_FILE] if len(shards) == 1 else [
         f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors" for k in range(len(shards))]
     weight_map, total = {}, 0
+    # One layer of a parameter on the host at a time; its experts are sliced there (slicing each
+    # expert out of the device array would compile and run one gather per expert).
+    host: dict[tuple, np.ndarray] = {}
     for file, shard in zip(files, shards):
         tensors = {}
-        for name, m, layer in shard:
-            value = _param_at(params, m.path)
-            value = _fetch(value if layer is None else value[layer])
-            tensors[name] = m.to_hf(value)
+        for name, m, at in shard:
+            key = (m.path, at[:1])
+            if key not in host:
+                host.clear()
+                value = _param_at(params, m.path)
+                host[key] = _fetch(value[at[0]] if at else value)
+            tensors[name] = m.to_hf(host[key][at[1:]])
             weight_map[name] = file
             total += tensors[name].nbytes
         if writer:

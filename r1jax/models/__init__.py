@@ -12,6 +12,8 @@ from r1jax.models.decoder import (
     Decoder,
     ForwardOutput,
     KVCache,
+    LatentCache,
+    cache_axes,
     count_params,
     forward,
     init,
@@ -26,8 +28,8 @@ from r1jax.models.decoder import (
 )
 
 __all__ = [
-    "CACHE_AXES", "Decoder", "ForwardOutput", "KVCache", "ModelConfig", "PRESETS", "RopeScaling",
-    "count_params", "decode", "forward", "get_config", "init", "init_cache", "init_sharded",
-    "logits", "param_logical_axes", "param_shapes", "param_shardings", "positions_from_mask",
-    "unstack_layers",
+    "CACHE_AXES", "PRESETS", "Decoder", "ForwardOutput", "KVCache", "LatentCache", "ModelConfig",
+    "RopeScaling", "cache_axes", "count_params", "decode", "forward", "get_config", "init",
+    "init_cache", "init_sharded", "logits", "param_logical_axes", "param_shapes",
+    "param_shardings", "positions_from_mask", "unstack_layers",
 ]

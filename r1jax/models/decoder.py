@@ -1,22 +1,31 @@
-"""The decoder (Llama 3.x / Qwen2 / Qwen2.5 / Qwen3) and its functional API.
+"""The decoder (Llama 3.x / Qwen2 / Qwen2.5 / Qwen3 / Qwen3-MoE / DeepSeek-V3) and its functional
+API. DeepSeek-V3's blocks run Multi-head Latent Attention (``r1jax.models.mla``) where the others
+run grouped-query attention, and cache latents instead of keys and values (``models.cache``).
 
 Layers are stacked with ``nn.scan`` so a 80-layer model compiles as fast as a 2-layer one; every
-parameter carries logical axis names (with a leading ``layers`` axis inside the stack). The forward
-returns the final hidden states and the LM head separately, so that token log-probs can be computed
-blockwise (``kernels.token_logprobs``) without materializing ``[tokens × vocab]`` logits.
+parameter carries logical axis names (with a leading ``layers`` axis inside the stack). A dense
+decoder has one stack, ``layers``; a mixture of experts has its MoE blocks there and, when its
+first layers are dense (``first_k_dense_replace``), those in a second stack, ``dense_layers``,
+which runs first. The forward returns the final hidden states and the LM head separately, so that
+token log-probs can be computed blockwise (``kernels.token_logprobs``) without materializing
+``[tokens × vocab]`` logits.
 """
 from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+# The caches live in ``models.cache``; imported here for ``forward`` and re-exported.
+from r1jax.models.cache import (CACHE_AXES, KVCache, LatentCache, cache_axes,  # noqa: F401
+                                init_cache)
 from r1jax.models.config import ModelConfig
 from r1jax.models.layers import (MLP, Attention, RMSNorm, attention_weights_mask, embed, param,
                                  rms_norm, rope_tables)
+from r1jax.models.mla import MultiHeadLatentAttention, mla_config_of
+from r1jax.models.moe import MoE, MoEStats
 from r1jax.sharding import Sharding, constrain, logical_axes_of
 
 Params = Any
@@ -29,29 +38,54 @@ _REMAT_POLICIES = {
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: ``x + attn(norm(x))``, then ``x + mlp(norm(x))``."""
+    """Pre-norm transformer block: ``x + attn(norm(x))``, then ``x + ffn(norm(x))``; the FFN is
+    the dense SwiGLU ``mlp``, or with ``moe`` the mixture of experts ``moe``."""
 
     cfg: ModelConfig
     sharding: Sharding | None = None
+    moe: bool = False
 
     @nn.compact
-    def __call__(self, x_BxLxD, rope, mask_BxLxS, cache_index=None, kv_cache=None):
-        """``rope``: ``layers.rope_tables`` of the tokens' positions."""
+    def __call__(self, x_BxLxD, rope, mask_BxLxS, cache_index=None, kv_cache=None,
+                 valid_BxL=None, expert_indices_BxLxA=None):
+        """``rope``: ``layers.rope_tables`` of the tokens' positions; ``valid_BxL`` (real tokens)
+        and ``expert_indices_BxLxA`` (router replay) matter to MoE blocks only. Returns
+        ``(x, kv_cache, MoEStats or None)``."""
         cfg = self.cfg
         norm = lambda name: RMSNorm(cfg.rms_norm_eps, "embed", cfg.weight_dtype, name=name)  # noqa: E731
-        attn_out, kv_cache = Attention(cfg, self.sharding, name="attn")(
+        if cfg.is_mla:
+            attention = MultiHeadLatentAttention(mla_config_of(cfg), self.sharding, name="attn")
+        else:
+            attention = Attention(cfg, self.sharding, name="attn")
+        attn_out, kv_cache = attention(
             norm("attn_norm")(x_BxLxD), rope, mask_BxLxS, kv_cache, cache_index
         )
         x_BxLxD = x_BxLxD + attn_out
-        x_BxLxD = x_BxLxD + MLP(cfg, self.sharding, name="mlp")(norm("mlp_norm")(x_BxLxD))
-        return constrain(x_BxLxD, ("batch", "length", "act_embed"), self.sharding), kv_cache
+        stats = None
+        if self.moe:
+            ffn_out, stats = MoE(cfg, self.sharding, name="moe")(
+                norm("mlp_norm")(x_BxLxD), valid_BxL, expert_indices_BxLxA)
+        else:
+            ffn_out = MLP(cfg, self.sharding, name="mlp")(norm("mlp_norm")(x_BxLxD))
+        x_BxLxD = x_BxLxD + ffn_out
+        return constrain(x_BxLxD, ("batch", "length", "act_embed"), self.sharding), kv_cache, stats
 
 
 class _ScanBlock(Block):
-    """``Block`` in the ``(carry, *broadcast) -> (carry, None)`` form ``nn.scan`` expects."""
+    """``Block`` in the ``(carry, *inputs) -> (carry, stats)`` form ``nn.scan`` expects."""
 
-    def __call__(self, x_BxLxD, rope, mask_BxLxS):
-        return super().__call__(x_BxLxD, rope, mask_BxLxS)[0], None
+    def __call__(self, x_BxLxD, rope, mask_BxLxS, valid_BxL, expert_indices_BxLxA):
+        x_BxLxD, _, stats = super().__call__(x_BxLxD, rope, mask_BxLxS, valid_BxL=valid_BxL,
+                                             expert_indices_BxLxA=expert_indices_BxLxA)
+        return x_BxLxD, stats
+
+
+def layer_stacks(cfg: ModelConfig) -> tuple[tuple[str, int, bool], ...]:
+    """The stacks of layers in the order they run: ``(params key, layers, is MoE)``."""
+    if not cfg.is_moe:
+        return (("layers", cfg.num_layers, False),)
+    dense = (("dense_layers", cfg.num_dense_layers, False),) if cfg.num_dense_layers else ()
+    return dense + (("layers", cfg.num_moe_layers, True),)
 
 
 class Decoder(nn.Module):
@@ -66,8 +100,10 @@ class Decoder(nn.Module):
     sharding: Sharding | None = None
 
     @nn.compact
-    def __call__(self, tokens_BxL, rope, mask_BxLxS):
-        """``rope``: ``layers.rope_tables`` of the tokens' positions."""
+    def __call__(self, tokens_BxL, rope, mask_BxLxS, valid_BxL=None, expert_indices=None):
+        """``rope``: ``layers.rope_tables`` of the tokens' positions; ``expert_indices``
+        (``[Y_moe, B, L, A]``) replays a routing. Returns ``(hidden, lm_head, MoEStats of the
+        MoE layers stacked, or None)``."""
         cfg = self.cfg
         init = nn.initializers.normal(stddev=0.02)
         embedding_VxD = param(self, "embedding", init, (cfg.vocab_size, cfg.hidden_size),
@@ -76,23 +112,28 @@ class Decoder(nn.Module):
         block = _ScanBlock
         if cfg.remat != "none":
             block = nn.remat(_ScanBlock, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
-        layers = nn.scan(
-            block,
-            variable_axes={"params": 0},
-            split_rngs={"params": True},
-            in_axes=(nn.broadcast, nn.broadcast),
-            length=cfg.num_layers,
-            unroll=min(cfg.scan_unroll, cfg.num_layers),
-            metadata_params={nn.PARTITION_NAME: "layers"},
-        )
-        x_BxLxD, _ = layers(cfg, self.sharding, name="layers")(x_BxLxD, rope, mask_BxLxS)
+        stats = None
+        for name, count, is_moe in layer_stacks(cfg):
+            layers = nn.scan(
+                block,
+                variable_axes={"params": 0},
+                split_rngs={"params": True},
+                in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0),
+                length=count,
+                unroll=min(cfg.scan_unroll, count),
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )
+            replay = expert_indices if is_moe else None
+            x_BxLxD, layer_stats = layers(cfg, self.sharding, is_moe, name=name)(
+                x_BxLxD, rope, mask_BxLxS, valid_BxL, replay)
+            stats = layer_stats if is_moe else stats
         hidden_BxLxD = RMSNorm(cfg.rms_norm_eps, "embed", cfg.weight_dtype, name="final_norm")(
             x_BxLxD)
         if cfg.tie_embeddings:
-            return hidden_BxLxD, embedding_VxD.T
+            return hidden_BxLxD, embedding_VxD.T, stats
         lm_head_DxV = param(self, "lm_head", init, (cfg.hidden_size, cfg.vocab_size),
                             ("embed", "vocab"), cfg.weight_dtype)
-        return hidden_BxLxD, lm_head_DxV
+        return hidden_BxLxD, lm_head_DxV, stats
 
 
 def lm_head_of(cfg: ModelConfig, params: Params):
@@ -101,60 +142,36 @@ def lm_head_of(cfg: ModelConfig, params: Params):
 
 
 def unstack_layers(params: Params) -> Params:
-    """Params with the stacked ``layers`` split into a tuple of per-layer trees.
+    """Params with the stacked ``layers`` split into a tuple of per-layer trees (in running
+    order; a MoE decoder's ``dense_layers`` come first and the key is dropped).
 
     Cached decoding accepts either form; splitting once before a decode loop avoids slicing every
     layer's weights out of the stack at every step (a copy per layer per token on CPU).
     """
     if isinstance(params["layers"], (tuple, list)):
         return params
-    num_layers = jax.tree.leaves(params["layers"])[0].shape[0]
-    layers = tuple(jax.tree.map(lambda x, i=i: x[i], params["layers"]) for i in range(num_layers))
-    return {**params, "layers": layers}
+    unstacked = []
+    for key in ("dense_layers", "layers"):
+        if key in params:
+            stack = params[key]
+            count = jax.tree.leaves(stack)[0].shape[0]
+            unstacked += [jax.tree.map(lambda x, i=i: x[i], stack) for i in range(count)]
+    rest = {k: v for k, v in params.items() if k != "dense_layers"}
+    return {**rest, "layers": tuple(unstacked)}
 
 
-@flax.struct.dataclass
-class KVCache:
-    """Per-layer keys and values (tuples of ``num_layers`` arrays ``[B, K, S, E]``), which slots
-    hold real tokens (``valid_BxS``), and the next slot to write (``index``)."""
-
-    keys: tuple[jax.Array, ...]
-    values: tuple[jax.Array, ...]
-    valid_BxS: jax.Array
-    index: jax.Array
-
-    @property
-    def max_length(self) -> int:
-        return self.valid_BxS.shape[1]
-
-    @property
-    def batch_size(self) -> int:
-        return self.valid_BxS.shape[0]
-
-    def map_layers(self, fn) -> "KVCache":
-        """Apply ``fn`` to every per-layer key and value array."""
-        return self.replace(keys=tuple(map(fn, self.keys)), values=tuple(map(fn, self.values)))
-
-
-CACHE_AXES = ("batch", "act_kv_heads", "cache_length", None)
-
-
-def init_cache(cfg: ModelConfig, batch_size: int, max_length: int, dtype=None) -> KVCache:
-    """An empty cache of ``max_length`` slots (``dtype`` defaults to the activation dtype)."""
-    shape = (batch_size, cfg.num_kv_heads, max_length, cfg.head_dim)
-    dtype = cfg.activation_dtype if dtype is None else dtype
-    return KVCache(
-        keys=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)),
-        values=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)),
-        valid_BxS=jnp.zeros((batch_size, max_length), bool),
-        index=jnp.zeros((), jnp.int32),
-    )
+def layer_is_moe(cfg: ModelConfig) -> tuple[bool, ...]:
+    """For each layer in running order, whether it is a mixture of experts."""
+    return tuple(is_moe for _, count, is_moe in layer_stacks(cfg) for _ in range(count))
 
 
 class ForwardOutput(NamedTuple):
     hidden_BxLxD: jax.Array
     lm_head_DxV: jax.Array
-    cache: KVCache | None
+    cache: KVCache | LatentCache | None
+    # MoE decoders: each MoE layer's load-balancing statistics, stacked (leading axis Y_moe);
+    # ``expert_indices`` is ``[Y_moe, B, L, A]``, the ``expert_indices`` argument of a replay.
+    moe_stats: MoEStats | None = None
 
 
 def positions_from_mask(attention_mask_BxL, offset_B=None):
@@ -173,8 +190,9 @@ def forward(
     attention_mask_BxL: jax.Array | None = None,
     positions_BxL: jax.Array | None = None,
     segment_ids_BxL: jax.Array | None = None,
-    cache: KVCache | None = None,
+    cache: KVCache | LatentCache | None = None,
     sharding: Sharding | None = None,
+    expert_indices: jax.Array | None = None,
 ) -> ForwardOutput:
     """Run the decoder on ``tokens_BxL``.
 
@@ -182,7 +200,9 @@ def forward(
     real tokens before each one, continuing from the cache when one is given. ``segment_ids_BxL``
     confines attention to tokens of the same packed example (positions must then be given).
     With ``cache``, the new tokens are written at ``cache.index`` and attend to every valid slot
-    before them; the updated cache is returned.
+    before them; the updated cache is returned. MoE decoders return their load-balancing statistics
+    (``moe_stats``); ``expert_indices`` (``[Y_moe, B, L, A]``, e.g. a rollout's
+    ``moe_stats.expert_indices``) replays that routing instead of choosing experts (router replay).
     """
     batch, length = tokens_BxL.shape
     if attention_mask_BxL is None:
@@ -198,8 +218,12 @@ def forward(
         segments = None if segment_ids_BxL is None else (segment_ids_BxL, segment_ids_BxL)
         query_slots_BxL = jnp.broadcast_to(jnp.arange(length), (batch, length))
         weights_mask = attention_weights_mask(query_slots_BxL, mask_BxL, segments)
-        hidden, lm_head = model.apply(variables, tokens_BxL, rope, weights_mask)
-        return ForwardOutput(hidden, lm_head, None)
+        replay = None
+        if expert_indices is not None:
+            replay = _check_replay(cfg, expert_indices, batch, length)
+        hidden, lm_head, stats = model.apply(variables, tokens_BxL, rope, weights_mask, mask_BxL,
+                                             replay)
+        return ForwardOutput(hidden, lm_head, None, _unflatten_stats(stats, batch, length))
 
     if segment_ids_BxL is not None:
         raise ValueError("segment_ids_BxL (packing) is for training forwards, not cached decoding")
@@ -217,17 +241,46 @@ def forward(
     # Layers unrolled: each applies the same Block to its slice of the parameters and its own
     # cache arrays, which are updated in place.
     layers = unstack_layers(params)["layers"]
-    block = Block(cfg, sharding)
+    replay = None if expert_indices is None else _check_replay(cfg, expert_indices, batch, length)
     x_BxLxD = embed(cfg, params["embedding"], tokens_BxL, sharding)
-    keys, values = [], []
-    for layer_params, k, v in zip(layers, cache.keys, cache.values):
-        x_BxLxD, (k, v) = block.apply({"params": layer_params}, x_BxLxD, rope,
-                                      weights_mask, cache.index, (k, v))
-        keys.append(constrain(k, CACHE_AXES, sharding))
-        values.append(constrain(v, CACHE_AXES, sharding))
+    keys, values, stats, moe_index = [], [], [], 0
+    axes = cache_axes(cfg)
+    # (keys, values), or for MLA (latents, rope keys): each layer's pair goes through its Block.
+    for layer_params, is_moe, k, v in zip(layers, layer_is_moe(cfg), *cache.layer_arrays):
+        layer_replay = None
+        if is_moe and replay is not None:
+            layer_replay = replay[moe_index]
+        x_BxLxD, (k, v), layer_stats = Block(cfg, sharding, is_moe).apply(
+            {"params": layer_params}, x_BxLxD, rope, weights_mask, cache.index, (k, v),
+            mask_BxL, layer_replay)
+        keys.append(constrain(k, axes, sharding))
+        values.append(constrain(v, axes, sharding))
+        if is_moe:
+            stats.append(layer_stats)
+            moe_index += 1
     hidden_BxLxD = rms_norm(x_BxLxD, params["final_norm"]["scale"], cfg.rms_norm_eps)
-    new_cache = KVCache(tuple(keys), tuple(values), valid_BxS, cache.index + length)
-    return ForwardOutput(hidden_BxLxD, lm_head_of(cfg, params), new_cache)
+    new_cache = cache.with_layers(keys, values, valid_BxS, cache.index + length)
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *stats) if stats else None
+    return ForwardOutput(hidden_BxLxD, lm_head_of(cfg, params), new_cache,
+                         _unflatten_stats(stacked, batch, length))
+
+
+def _check_replay(cfg: ModelConfig, expert_indices, batch: int, length: int):
+    expected = (cfg.num_moe_layers, batch, length, cfg.num_experts_per_tok)
+    if not cfg.is_moe:
+        raise ValueError("expert_indices (router replay) given to a dense decoder")
+    if tuple(expert_indices.shape) != expected:
+        raise ValueError(f"expert_indices has shape {tuple(expert_indices.shape)}; expected "
+                         f"[MoE layers, B, L, experts per token] = {list(expected)}")
+    return expert_indices
+
+
+def _unflatten_stats(stats: MoEStats | None, batch: int, length: int) -> MoEStats | None:
+    """Stacked stats with the expert choice reshaped from ``[Y, N, A]`` to ``[Y, B, L, A]``."""
+    if stats is None:
+        return None
+    indices = stats.expert_indices
+    return stats._replace(expert_indices=indices.reshape(indices.shape[0], batch, length, -1))
 
 
 def logits(cfg: ModelConfig, params: Params, tokens_BxL, attention_mask_BxL=None, **kwargs):
@@ -242,7 +295,7 @@ def _init_boxed(cfg: ModelConfig, rng: jax.Array):
     tokens = jnp.zeros((1, 1), jnp.int32)
     mask = jnp.ones((1, 1, 1), bool)
     rope = rope_tables(cfg, jnp.zeros((1, 1), jnp.int32))
-    return Decoder(cfg).init(rng, tokens, rope, mask)["params"]
+    return Decoder(cfg).init(rng, tokens, rope, mask, jnp.ones((1, 1), bool))["params"]
 
 
 def init(cfg: ModelConfig, rng: jax.Array) -> Params:

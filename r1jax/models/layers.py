@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from r1jax.models import yarn
 from r1jax.models.config import ModelConfig, RopeScaling
 from r1jax.sharding import Sharding, constrain
 
@@ -85,8 +86,16 @@ def rope_tables(cfg: ModelConfig, positions, max_position: int | None = None):
     for each element of q and k (two transcendentals per element, per layer). Out-of-range
     positions read NaN, never a wrong angle. Accelerators compute them on device (a table would
     be a constant of ``max_position`` rows in every compiled program).
+
+    With YaRN (deepseek_v3, whose ``head_dim`` is its rope part's) the frequencies are YaRN's
+    and its ``rope_attention_factor`` multiplies both tables (``r1jax.models.yarn``).
     """
-    inv_freq_Eh = rope_inverse_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
+    factor = 1.0
+    if isinstance(cfg.rope_scaling, yarn.YarnScaling):
+        inv_freq_Eh = yarn.rope_inverse_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
+        factor = cfg.rope_scaling.rope_attention_factor
+    else:
+        inv_freq_Eh = rope_inverse_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
     if max_position is None or jax.default_backend() != "cpu":
         angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq_Eh)
         cos, sin = jnp.cos(angles), jnp.sin(angles)
@@ -96,6 +105,8 @@ def rope_tables(cfg: ModelConfig, positions, max_position: int | None = None):
                        ).astype(np.float64)
         cos, sin = (jnp.take(jnp.asarray(f(angles_PxEh), jnp.float32), positions, axis=0,
                              mode="fill", fill_value=jnp.nan) for f in (np.cos, np.sin))
+    if factor != 1.0:
+        cos, sin = cos * factor, sin * factor
     return cos[..., None, :], sin[..., None, :]
 
 

@@ -200,7 +200,8 @@ def _compile(cfg, topology, model_cfg, plan: StepPlan, wanted, sharding: Shardin
     params = _sharded(models.param_shapes(model_cfg), param_sh)
     # The train state as the trainer creates it (``init_train_state``), laid out as that program
     # lays it out, and so as the update keeps it (its shardings are the state's).
-    create = lambda p: init_train_state(p, optimizer)  # noqa: E731
+    # Inside the traced program the parameters are tracers, without shardings: pass them.
+    create = lambda p: init_train_state(p, optimizer, param_sh)  # noqa: E731
     try:
         placed = jax.jit(create).lower(params).compile(
             compiler_options=compiler_options(platform)).output_shardings

@@ -43,6 +43,11 @@ class LossConfig:
     loss_norm_length: int | None = None
     # Truncated importance sampling against the sampler's log-probs (None: off).
     tis_cap: float | None = None
+    # Mixture-of-experts policies: this times the mean over MoE layers of the Switch / Qwen3-MoE
+    # balancing loss is added to the loss (0: off, the statistics are still logged). Off by
+    # default because RL fine-tuning starts from a base whose routing is already balanced, and a
+    # balancing gradient moves the router away from the sampler's choices.
+    moe_aux_coef: float = 0.0
 
     def __post_init__(self):
         _check(self.epsilon_low >= 0 and self.epsilon_high >= 0,
@@ -60,6 +65,7 @@ class LossConfig:
                f"loss_norm_length must be positive, got {self.loss_norm_length}")
         _check(self.tis_cap is None or self.tis_cap >= 1,
                f"tis_cap must be >= 1 or None, got {self.tis_cap}")
+        _check(self.moe_aux_coef >= 0, f"moe_aux_coef must be >= 0, got {self.moe_aux_coef}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -55,6 +55,18 @@ def completion_logprobs(model_cfg: models.ModelConfig, params, tokens_BxL, atten
     masked by ``attention_mask_BxL``; its log-probs are computed but meaningless). Returns
     ``(logp_BxT, entropy_BxT or None)`` in float32, with ``T = completion_length``.
     """
+    return completion_forward(model_cfg, params, tokens_BxL, attention_mask_BxL,
+                              completion_length, temperature=temperature,
+                              return_entropy=return_entropy, impl=impl, sharding=sharding)[:2]
+
+
+def completion_forward(model_cfg: models.ModelConfig, params, tokens_BxL, attention_mask_BxL,
+                       completion_length: int, *, temperature: float = 1.0,
+                       return_entropy: bool = False, impl: str = "auto",
+                       sharding: Sharding | None = None):
+    """``completion_logprobs`` plus the forward's ``MoEStats`` (stacked over the MoE layers;
+    None for a dense model): ``(logp_BxT, entropy_BxT or None, moe_stats or None)``. The
+    statistics cover every real token the forward saw, prompt and completion."""
     batch, length = tokens_BxL.shape
     out = models.forward(model_cfg, params, tokens_BxL[:, :-1],
                          attention_mask_BxL=attention_mask_BxL[:, :-1], sharding=sharding)
@@ -66,4 +78,5 @@ def completion_logprobs(model_cfg: models.ModelConfig, params, tokens_BxL, atten
         targets_BxT.reshape(-1), temperature=temperature, return_entropy=return_entropy,
         impl=impl, sharding=sharding)
     shape = (batch, completion_length)
-    return logp_N.reshape(shape), (None if entropy_N is None else entropy_N.reshape(shape))
+    return (logp_N.reshape(shape), None if entropy_N is None else entropy_N.reshape(shape),
+            out.moe_stats)

@@ -17,9 +17,9 @@ import optax
 
 from r1jax import models
 from r1jax.optim import TrainState, accumulate, guarded_update, shardings_of
-from r1jax.rl import losses
+from r1jax.rl import losses, moe_balance
 from r1jax.rl.config import GRPOConfig
-from r1jax.rl.logprobs import completion_logprobs
+from r1jax.rl.logprobs import completion_forward, completion_logprobs
 from r1jax.sharding import Sharding
 
 
@@ -55,37 +55,55 @@ def grpo_step(state: TrainState, batch: GRPOBatch, ref_params: Any, *, cfg: GRPO
 
     Reference log-probs come from ``batch.ref_logp_BxT`` if given, else from a forward with
     ``ref_params`` (skipped entirely when ``cfg.loss.beta == 0``). Old-policy log-probs come from
-    ``batch.old_logp_BxT``; without them the update is on-policy (ratio ≡ 1).
+    ``batch.old_logp_BxT``; without them the update is on-policy (ratio ≡ 1). A mixture-of-
+    experts policy adds its load-balance metrics (``r1jax.rl.moe_balance``) and, with
+    ``cfg.loss.moe_aux_coef > 0``, that coefficient times its balancing loss to the loss.
     """
     loss_cfg = cfg.loss
     num_sequences = batch.tokens_BxL.shape[0]
     weights_BxT = losses.token_weights(batch.completion_mask_BxT, loss_cfg)
-    logprobs = functools.partial(completion_logprobs, model_cfg,
-                                 completion_length=batch.completion_length,
-                                 temperature=cfg.temperature, impl=cfg.logprob_impl,
-                                 sharding=sharding)
+    forward = functools.partial(completion_forward, model_cfg,
+                                completion_length=batch.completion_length,
+                                temperature=cfg.temperature, impl=cfg.logprob_impl,
+                                sharding=sharding)
     need_ref = loss_cfg.beta > 0 and batch.ref_logp_BxT is None
     if need_ref and ref_params is None:
         raise ValueError("beta > 0 needs ref_params or batch.ref_logp_BxT")
+    if loss_cfg.moe_aux_coef > 0 and not model_cfg.is_moe:
+        raise ValueError("grpo.loss.moe_aux_coef > 0 needs a mixture-of-experts policy; set it "
+                         "to 0 for a dense model")
+    experts_per_token = model_cfg.num_experts_per_tok
+    # The real tokens the training forward sees (prompt + completion[:-1]): what MoE statistics
+    # are normalized by, here for the whole minibatch.
+    forward_tokens = jnp.sum(batch.attention_mask_BxL[:, :-1].astype(jnp.float32))
 
     def microbatch_loss(params, mb: GRPOBatch, weights):
-        logp, entropy = logprobs(params, mb.tokens_BxL, mb.attention_mask_BxL,
-                                 return_entropy=True)
+        logp, entropy, moe_stats = forward(params, mb.tokens_BxL, mb.attention_mask_BxL,
+                                           return_entropy=True)
         ref_logp = mb.ref_logp_BxT
         if need_ref:
-            ref_logp = jax.lax.stop_gradient(
-                logprobs(ref_params, mb.tokens_BxL, mb.attention_mask_BxL)[0])
+            ref_logp = jax.lax.stop_gradient(forward(ref_params, mb.tokens_BxL,
+                                                     mb.attention_mask_BxL)[0])
         loss, sums = losses.weighted_loss(logp, mb.old_logp_BxT, ref_logp, mb.advantages_B,
                                           mb.completion_mask_BxT, weights, loss_cfg,
                                           mb.sampler_logp_BxT)
         mask = mb.completion_mask_BxT.astype(jnp.float32)
         sums["entropy_sum"] = jnp.sum(mask * entropy)
+        if moe_stats is not None:
+            tokens = jnp.sum(mb.attention_mask_BxL[:, :-1].astype(jnp.float32))
+            sums.update(moe_balance.balance_sums(jax.lax.stop_gradient(moe_stats), tokens,
+                                                 experts_per_token))
+            if loss_cfg.moe_aux_coef > 0:
+                loss = loss + moe_balance.aux_loss_term(moe_stats, tokens, forward_tokens,
+                                                        loss_cfg.moe_aux_coef)
         return loss, sums
 
     (loss, sums), grads = accumulate(lambda p, mb: microbatch_loss(p, *mb), state.params,
                                      (batch, weights_BxT), cfg.num_microbatches)
     new_state, update_metrics = guarded_update(state, grads, loss, optimizer)
     metrics = losses.finish_metrics(loss, sums)
+    if "moe_count" in sums:
+        metrics.update(moe_balance.balance_metrics(sums, experts_per_token))
     metrics.update(
         entropy=sums["entropy_sum"] / jnp.maximum(sums["tokens"], 1.0),
         num_sequences=jnp.asarray(num_sequences, jnp.int32),

@@ -68,7 +68,8 @@ def compiled_rollout(cfg: ModelConfig, sampling: SamplingParams, stops: StopCrit
             return jnp.repeat(x, group_size, axis=0)
 
         # One prefill per prompt; its cache is repeated for the prompt's G samples.
-        cache = out.cache.map_layers(lambda x: constrain(repeat(x), models.CACHE_AXES, sharding))
+        axes = models.cache_axes(cfg)  # keys/values, or an MLA model's latents/rope keys
+        cache = out.cache.map_layers(lambda x: constrain(repeat(x), axes, sharding))
         cache = cache.replace(valid_BxS=repeat(cache.valid_BxS))
         logits_BxV = constrain(repeat(logits_PxV), ("batch", "act_vocab"), sharding)
 

@@ -18,6 +18,11 @@ row stops, and holds ``P·G·(prompt + max_new)`` cache slots, most of them padd
 * **Compiled.** Admission, paging and sampling are array operations inside one ``while_loop``
   (no host round trip, no recompile per batch); attention is ``kernels.ragged_paged_attention``
   (a Pallas kernel on TPU that reads only each sequence's own pages, a gather elsewhere).
+* **Slot rows.** Where attention is a gather (CPU, GPU) and the pool holds every slot's worst
+  case (the default pool, ``PagedPlan.slot_rows``), each slot's generated tokens live in a row of
+  its own instead of on pages, so that a step gathers only prompt pages (``slot_cache``): the
+  same memory, and on a CPU a decode step as cheap as the lockstep engine's. A smaller
+  ``kv_pages`` (an overcommitted pool) pages everything.
 * **Same results.** Sample ``b``'s token ``t`` uses the uniform ``u[t, b]`` of the call's one
   ``[T, B]`` draw, exactly as the lockstep engine does, so the tokens do not depend on the slot
   count or on when a sample ran; only the float rounding of the logits differs.
@@ -26,7 +31,6 @@ Use it through ``rollout.generate(engine="paged")``.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 
 import jax
@@ -36,70 +40,13 @@ from kernels.paged_attention import ragged_paged_attention, resolve_impl
 from r1jax import models
 from r1jax.models import ModelConfig, decode
 from r1jax.models.layers import rope_tables
+from r1jax.rollout import slot_cache
+from r1jax.rollout import paged_plan
+from r1jax.rollout.paged_plan import PagedPlan, ceil_div
 from r1jax.rollout.sampling import SamplingParams, sample_with_uniform
 from r1jax.rollout.shards import on_each_shard, step_uniforms
 from r1jax.rollout.stops import StopCriteria
 from r1jax.sharding import Sharding
-
-
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-@dataclasses.dataclass(frozen=True)
-class PagedPlan:
-    """The static shape of one paged rollout (per batch shard): part of the program's identity."""
-
-    decode_slots: int
-    page_size: int
-    kv_pages: int
-    prefill_chunk: int
-    prompt_pages: int  # page-table entries for a prompt (its bucketed length, in pages)
-    generated_pages: int  # page-table entries for the tokens a sample feeds back
-
-    @property
-    def table_width(self) -> int:
-        return self.prompt_pages + self.generated_pages
-
-
-def plan(num_prompts: int, prompt_len: int, group_size: int, max_new_tokens: int, *,
-         decode_slots: int = 0, page_size: int = 16, kv_pages: int = 0, prefill_chunk: int = 512,
-         shards: int = 1, prompt_lengths=None) -> PagedPlan:
-    """The plan for ``num_prompts`` prompts bucketed to ``prompt_len`` tokens, per batch shard.
-
-    ``decode_slots`` (0: a quarter of the samples, at least 8) and ``kv_pages`` (0: every slot's
-    worst case for prompts of the full bucket, so that no sample ever waits for a page) count
-    over all shards; each shard gets an equal part. A smaller ``kv_pages`` overcommits the pool:
-    samples then wait or are preempted when it runs dry. It must hold each shard's prompts (their
-    real ``prompt_lengths`` when given, else the bucket) and one full-length sample.
-    """
-    if page_size < 1 or prefill_chunk < 1:
-        raise ValueError(f"page_size and prefill_chunk must be >= 1, got {page_size}, "
-                         f"{prefill_chunk}")
-    if num_prompts % shards:
-        raise ValueError(f"{num_prompts} prompts do not split over {shards} batch shards")
-    samples = num_prompts * group_size // shards
-    slots = decode_slots or max(8, _ceil_div(num_prompts * group_size, 4))
-    if slots % shards:
-        raise ValueError(f"decode_slots={slots} does not split over {shards} batch shards")
-    slots = min(slots // shards, samples)
-    prompt_pages = _ceil_div(prompt_len, page_size)
-    # The last sampled token is never fed back: a sample feeds at most T - 1 tokens.
-    generated_pages = _ceil_div(max(max_new_tokens - 1, 1), page_size)
-    need = num_prompts // shards * prompt_pages
-    pages = kv_pages // shards if kv_pages else need + slots * generated_pages
-    if prompt_lengths is not None:
-        pages_P = [_ceil_div(int(n), page_size) for n in prompt_lengths]
-        per_shard = num_prompts // shards
-        need = max(sum(pages_P[i:i + per_shard]) for i in range(0, num_prompts, per_shard))
-    if pages < need + generated_pages:
-        raise ValueError(
-            f"kv_pages={kv_pages} is too small: each of {shards} batch shard(s) needs "
-            f"{need} pages for its prompts plus {generated_pages} for one sample of "
-            f"max_new_tokens={max_new_tokens} (page_size={page_size}); at least "
-            f"{(need + generated_pages) * shards} in all")
-    return PagedPlan(slots, page_size, pages, min(prefill_chunk, prompt_len), prompt_pages,
-                     generated_pages)
 
 
 def _prefill(cfg, params, prompt_PxLp, mask_PxLp, chunk: int):
@@ -116,10 +63,11 @@ def _prefill(cfg, params, prompt_PxLp, mask_PxLp, chunk: int):
     return logits_PxV, cache
 
 
-def _pages_of_prompts(cfg, cache, prompt_len_P, plan: PagedPlan):
-    """The pools with every prompt's real tokens written to its pages (prompt p's pages follow
-    prompt p-1's), each prompt's page-table row, and how many pages the prompts use."""
-    size, pages = plan.page_size, plan.kv_pages
+def _pages_of_prompts(cfg, cache, prompt_len_P, plan: PagedPlan, pages: int | None = None):
+    """The pools (of ``pages`` pages, default the plan's) with every prompt's real tokens written
+    to its pages (prompt p's pages follow prompt p-1's), each prompt's page-table row, and how
+    many pages the prompts use."""
+    size, pages = plan.page_size, pages or plan.kv_pages
     num_prompts, width = cache.valid_BxS.shape
     pages_P = -(-prompt_len_P // size)
     first_P = jnp.cumsum(pages_P) - pages_P
@@ -150,7 +98,7 @@ def _segment_widths(plan: PagedPlan, attention_impl: str, segments: int = 8) -> 
     (the TPU kernel)."""
     if resolve_impl(attention_impl) == "pallas_tpu":
         return [plan.table_width]
-    widths = {plan.prompt_pages + _ceil_div(plan.generated_pages * k, segments)
+    widths = {plan.prompt_pages + ceil_div(plan.generated_pages * k, segments)
               for k in range(1, segments + 1)}
     return sorted(w for w in widths if w > plan.prompt_pages)
 
@@ -172,14 +120,20 @@ def compiled_paged(cfg: ModelConfig, sampling: SamplingParams, stops: StopCriter
     budgets_B, rng)`` → ``(tokens, lengths, mask, logprobs, stopped, decode_steps, slot_steps,
     peak_pages, preemptions)``."""
     T, slots, size = max_new_tokens, plan.decode_slots, plan.page_size
+    rows = plan.slot_rows
+    widths = _segment_widths(plan, attention_impl)
 
     def run(params, prompt_PxLp, mask_PxLp, u_TxB, budgets_B):
         num_prompts, prompt_len = prompt_PxLp.shape
         batch = num_prompts * group_size
         logits_PxV, cache = _prefill(cfg, params, prompt_PxLp, mask_PxLp, plan.prefill_chunk)
         prompt_len_P = jnp.sum(mask_PxLp, axis=1, dtype=jnp.int32)
-        pools, prompt_table_PxM, prompt_pages_P, used = _pages_of_prompts(cfg, cache, prompt_len_P,
-                                                                          plan)
+        pools, prompt_table_PxM, prompt_pages_P, used = _pages_of_prompts(
+            cfg, cache, prompt_len_P, plan, plan.kv_pages - slots * plan.generated_pages if rows
+            else None)
+        if rows:  # grown to each segment's width below
+            pools = tuple(((slot_cache.transpose_key_pages(k), v), own) for (k, v), own
+                          in zip(pools, slot_cache.init_slot_rows(cfg, slots, 0)))
 
         def draw(step_S, b_S, logits_SxV):
             if u_TxB is None:
@@ -221,7 +175,7 @@ def compiled_paged(cfg: ModelConfig, sampling: SamplingParams, stops: StopCriter
             for each of them beyond the pages the running slots need this step."""
             active_S = s["slot_b_S"] >= 0
             need = jnp.sum(active_S & ((s["slot_t_S"] - 1) % size == 0))
-            room = jnp.maximum(s["num_free"] - need, 0)
+            room = slots if rows else jnp.maximum(s["num_free"] - need, 0)
             free_S = ~active_S
             rank_S = jnp.cumsum(free_S) - 1
             waiting = jnp.cumsum(s["pending_B"])
@@ -263,7 +217,7 @@ def compiled_paged(cfg: ModelConfig, sampling: SamplingParams, stops: StopCriter
             prompt_pages_S = prompt_pages_P[p_S]
             # The fed token (the sample's token t - 1) goes to generated position t - 1.
             fed_S = t_S - 1
-            need_S = active_S & (fed_S % size == 0)
+            need_S = active_S & (fed_S % size == 0) & (not rows)
             rank_S = jnp.cumsum(need_S) - 1
             granted_S = need_S & (rank_S < s["num_free"])
             page_S = s["free_N"][jnp.clip(s["num_free"] - 1 - rank_S, 0, plan.kv_pages - 1)]
@@ -272,12 +226,23 @@ def compiled_paged(cfg: ModelConfig, sampling: SamplingParams, stops: StopCriter
                                           ].set(page_S, mode="drop")
             num_free = s["num_free"] - jnp.sum(granted_S)
             advance_S = active_S & ~(need_S & ~granted_S)
+            in_use = (used + slot_cache.rows_in_use(advance_S, fed_S, size) if rows
+                      else plan.kv_pages - num_free)
             virtual_S = prompt_pages_S * size + fed_S
             write_S = jnp.where(advance_S, table_SxM[s_S, column_S], plan.kv_pages)
             offset_S = fed_S % size
             kv_lens_S = jnp.where(advance_S, virtual_S + 1, 0)
             hole_S = prompt_len_P[p_S]
             rope = tuple(t[prompt_len_P[p_S] + fed_S] for t in rope_all)
+
+            def attend_rows(q_SxKxQxE, k_SxKxE, v_SxKxE, cache):
+                prompt_pool, (keys, values) = cache
+                keys, values = slot_cache.write_slot_rows(
+                    keys, values, k_SxKxE, v_SxKxE, jnp.where(advance_S, fed_S, keys.shape[3]))
+                out = slot_cache.prefix_slot_attention(
+                    q_SxKxQxE, *prompt_pool, table_SxM[:, :plan.prompt_pages], hole_S, keys,
+                    values, jnp.where(advance_S, fed_S, -1))
+                return out, (prompt_pool, (keys, values))
 
             def attend(q_SxKxQxE, k_SxKxE, v_SxKxE, pool):
                 k_pool, v_pool = pool
@@ -291,7 +256,8 @@ def compiled_paged(cfg: ModelConfig, sampling: SamplingParams, stops: StopCriter
                 return out, (k_pool, v_pool)
 
             token_S = s["tokens_BxT"][b0_S, fed_S]
-            logits_SxV, pools = decode.decode_step_with(cfg, weights, token_S, rope, attend,
+            logits_SxV, pools = decode.decode_step_with(cfg, weights, token_S, rope,
+                                                        attend_rows if rows else attend,
                                                         s["pools"])
             new_S, logprob_S = draw(jnp.minimum(t_S, T - 1), b0_S, logits_SxV)
             recent_SxM = jnp.where(advance_S[:, None], jnp.concatenate(
@@ -306,7 +272,7 @@ def compiled_paged(cfg: ModelConfig, sampling: SamplingParams, stops: StopCriter
                 table_SxM=table_SxM,
                 slot_gen_pages_S=s["slot_gen_pages_S"] + granted_S,
                 num_free=num_free,
-                peak_pages=jnp.maximum(s["peak_pages"], plan.kv_pages - num_free),
+                peak_pages=jnp.maximum(s["peak_pages"], in_use),
                 tokens_BxT=s["tokens_BxT"].at[row_S, t_S].set(new_S, mode="drop"),
                 logprobs_BxT=s["logprobs_BxT"].at[row_S, t_S].set(logprob_S, mode="drop"),
                 lengths_B=s["lengths_B"].at[row_S].set(t_S + 1, mode="drop"),
@@ -330,14 +296,20 @@ def compiled_paged(cfg: ModelConfig, sampling: SamplingParams, stops: StopCriter
             """Whether the next step's slots need at most ``width`` page-table columns (a
             sample admitted next needs its prompt's pages and one more)."""
             p_S = jnp.maximum(s["slot_b_S"], 0) // group_size
-            need_S = prompt_pages_P[p_S] + (s["slot_t_S"] - 1) // size + 1
+            # Slot rows start after the bucket's pages, whatever the prompt's own length.
+            prompt_pages_S = plan.prompt_pages if rows else prompt_pages_P[p_S]
+            need_S = prompt_pages_S + (s["slot_t_S"] - 1) // size + 1
             return jnp.max(jnp.where(s["slot_b_S"] >= 0, need_S, 0)) <= width
 
         s = state
         if T > 1:
             # The gather attention reads every column it is given: the loop runs in segments
             # over growing table widths, each ending when a slot outgrows its width.
-            for width in _segment_widths(plan, attention_impl):
+            for width in widths:
+                if rows:
+                    positions = (width - plan.prompt_pages) * size
+                    s["pools"] = tuple((pool, slot_cache.grow_slot_rows(*own, positions))
+                                       for pool, own in s["pools"])
                 s = jax.lax.while_loop(lambda s, w=width: running(s) & fits(s, w),
                                        functools.partial(step, width=width), s)
         mask_BxT = jnp.arange(T)[None, :] < s["lengths_B"][:, None]
@@ -359,3 +331,7 @@ def compiled_paged(cfg: ModelConfig, sampling: SamplingParams, stops: StopCriter
         return out[:5] + (jnp.max(out[5]), jnp.sum(out[6]), jnp.sum(out[7]), jnp.sum(out[8]))
 
     return jax.jit(run_single if sharding is None else run_sharded)
+
+
+# Callers build the plan with ``paged.plan`` (it has a module of its own).
+plan, default_slots = paged_plan.plan, paged_plan.default_slots

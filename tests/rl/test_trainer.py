@@ -26,6 +26,7 @@ def test_run_writes_metrics_eval_checkpoints_and_reports(grpo_config, tmp_path):
     for key in ("loss", "kl", "reward", "accuracy", "format", "response_length", "think_length",
                 "clip_frac_low", "grad_norm", "entropy", "frac_zero_std", "truncation_rate"):
         assert key in rows[0], key
+    assert not [key for key in rows[0] if key.startswith("moe/")]  # a dense policy: no MoE keys
     evals = _deterministic_rows(workdir, "eval.jsonl")
     assert [r["step"] for r in evals] == [0, 2, 4] and "pass@1" in evals[0]
     assert summary["final"]["pass@1"] == evals[-1]["pass@1"]
