@@ -174,8 +174,11 @@ def compiled_paged(cfg: ModelConfig, sampling: SamplingParams, stops: StopCriter
             """Free slots take the waiting samples in id order, as long as the pool has a page
             for each of them beyond the pages the running slots need this step."""
             active_S = s["slot_b_S"] >= 0
-            need = jnp.sum(active_S & ((s["slot_t_S"] - 1) % size == 0))
-            room = slots if rows else jnp.maximum(s["num_free"] - need, 0)
+            if rows:  # slot rows never run out of room
+                room = slots
+            else:
+                need = jnp.sum(active_S & ((s["slot_t_S"] - 1) % size == 0))
+                room = jnp.maximum(s["num_free"] - need, 0)
             free_S = ~active_S
             rank_S = jnp.cumsum(free_S) - 1
             waiting = jnp.cumsum(s["pending_B"])
@@ -217,17 +220,21 @@ def compiled_paged(cfg: ModelConfig, sampling: SamplingParams, stops: StopCriter
             prompt_pages_S = prompt_pages_P[p_S]
             # The fed token (the sample's token t - 1) goes to generated position t - 1.
             fed_S = t_S - 1
-            need_S = active_S & (fed_S % size == 0) & (not rows)
-            rank_S = jnp.cumsum(need_S) - 1
-            granted_S = need_S & (rank_S < s["num_free"])
-            page_S = s["free_N"][jnp.clip(s["num_free"] - 1 - rank_S, 0, plan.kv_pages - 1)]
             column_S = prompt_pages_S + fed_S // size
-            table_SxM = s["table_SxM"].at[s_S, jnp.where(granted_S, column_S, plan.table_width)
-                                          ].set(page_S, mode="drop")
-            num_free = s["num_free"] - jnp.sum(granted_S)
-            advance_S = active_S & ~(need_S & ~granted_S)
-            in_use = (used + slot_cache.rows_in_use(advance_S, fed_S, size) if rows
-                      else plan.kv_pages - num_free)
+            table_SxM, num_free = s["table_SxM"], s["num_free"]
+            if rows:  # slot rows take no pages: every running slot advances
+                granted_S, advance_S = jnp.zeros_like(active_S), active_S
+                in_use = used + slot_cache.rows_in_use(advance_S, fed_S, size)
+            else:  # a slot starting a page takes one from the stack, or waits
+                need_S = active_S & (fed_S % size == 0)
+                rank_S = jnp.cumsum(need_S) - 1
+                granted_S = need_S & (rank_S < num_free)
+                page_S = s["free_N"][jnp.clip(num_free - 1 - rank_S, 0, plan.kv_pages - 1)]
+                table_SxM = table_SxM.at[s_S, jnp.where(granted_S, column_S, plan.table_width)
+                                         ].set(page_S, mode="drop")
+                num_free = num_free - jnp.sum(granted_S)
+                advance_S = active_S & ~(need_S & ~granted_S)
+                in_use = plan.kv_pages - num_free
             virtual_S = prompt_pages_S * size + fed_S
             write_S = jnp.where(advance_S, table_SxM[s_S, column_S], plan.kv_pages)
             offset_S = fed_S % size
