@@ -45,7 +45,9 @@ Mixtures of experts. ``model=tiny-moe`` is the tiny run on a Qwen3-MoE-shaped ba
 top-2, the first layer dense; experiments/assets/tiny_moe_base, pretrained automatically if
 missing by ``experiments/pretrain_tiny.py:moe``, ~25 minutes), everything else as the tiny
 default; its metrics add the experts' load balance (``moe/aux_loss``, ``moe/max_over_mean_load``,
-``r1jax/rl/moe_balance.py``). Measured (README, "R1-Zero on a tiny mixture of experts"; 2 shared
+``r1jax/rl/moe_balance.py``); ``--config.grpo.router_replay=True`` replays the rollout's expert
+choices in every training forward (router replay, against train/inference routing mismatch).
+Measured (README, "R1-Zero on a tiny mixture of experts"; 2 shared
 cores, 12 minutes): the format learned (62.5% → 100%) but held-out pass@1 14.0% → 4.0%, on a
 base far weaker than the dense one (600 pretraining steps), its routing unbalanced throughout
 (busiest expert 2.8× the mean). ``model=qwen3-30b-a3b`` is the paper's recipe on
@@ -93,6 +95,7 @@ def base():
             group_size=8, temperature=1.0, advantage_mode="grpo", advantage_eps=1e-4,
             num_minibatches=1, num_iterations=1, num_microbatches=1, old_logprobs="recompute",
             ref_update_interval=placeholder(int), logprob_impl="auto", max_consecutive_skips=5,
+            router_replay=False,  # mixtures of experts: replay the rollout's routing in training
             loss=dict(epsilon_low=0.2, epsilon_high=0.2, dual_clip=placeholder(float), beta=0.0,
                       kl_estimator="k3", loss_agg="seq-mean-token-mean", ratio_level="token",
                       loss_norm_length=placeholder(int), tis_cap=placeholder(float),

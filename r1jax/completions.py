@@ -57,15 +57,17 @@ def encode_prompts(tokenizer: Tokenizer, template: Template, problems: Sequence[
 def complete(params: Any, model_cfg, tokenizer: Tokenizer, prompts: Sequence[Sequence[int]],
              request: SamplingRequest, *, group_size: int, rng: jax.Array,
              problems: Sequence[Problem] | None = None, reward_config: RewardConfig | None = None,
-             pool: RewardPool | None = None, reward_model=None, sharding=None) -> Completions:
+             pool: RewardPool | None = None, reward_model=None, sharding=None,
+             record_experts: bool = False) -> Completions:
     """``group_size`` completions of every prompt, decoded, and — given ``reward_config`` —
-    judged against ``problems`` (one per prompt); see ``judge`` for ``reward_model``."""
+    judged against ``problems`` (one per prompt); see ``judge`` for ``reward_model``.
+    ``record_experts``: the rollout keeps every token's expert choices (router replay)."""
     out = rollout.generate(
         params, model_cfg, prompts, rng=rng, max_new_tokens=request.max_new_tokens,
         group_size=group_size, temperature=request.temperature, top_p=request.top_p,
         top_k=request.top_k, stop_ids=request.stop_ids(tokenizer),
         stop_strings=request.stop_strings, tokenizer=tokenizer, pad_id=tokenizer.pad_id,
-        sharding=sharding, **request.engine.generate_kwargs())
+        sharding=sharding, record_experts=record_experts, **request.engine.generate_kwargs())
     completions = decode_completions(out, tokenizer)
     if reward_config is None:
         return completions

@@ -10,7 +10,12 @@ TPU pods, SLURM and Open MPI jobs are detected by JAX itself (``initialize()`` n
 arguments there; ``R1JAX_DISTRIBUTED=auto`` asks for it where no environment variable shows the
 cluster, as on Cloud TPU VMs); other clusters pass a coordinator address, the process count and
 this process's id (or set ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``).
-On CPU the cross-process collectives use gloo.
+On CPU the cross-process collectives use gloo, and each process runs its programs one at a time on
+one thread (``PJRT_NPROC=1`` unless set, no asynchronous dispatch). Gloo matches collectives by
+their order on each process, while XLA:CPU runs a program's independent thunks concurrently on its
+thread pool: two all-reduces of one GRPO step (a loss sum and a gradient) could then start in one
+order on one process and in the other order on the other, and under load they did ("collective
+mismatch ... 64 vs 4", SIGABRT, in about one 2-process run in three on a loaded 2-core machine).
 """
 from __future__ import annotations
 
@@ -68,6 +73,8 @@ def initialize(cfg: DistributedConfig = DistributedConfig()) -> bool:
         return False
     if jax.config.jax_platforms in (None, "", "cpu") or os.environ.get("JAX_PLATFORMS") == "cpu":
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.config.update("jax_cpu_enable_async_dispatch", False)
+        os.environ.setdefault("PJRT_NPROC", "1")
     kwargs: dict[str, Any] = {}
     if explicit:
         if cfg.num_processes is None or cfg.process_id is None:

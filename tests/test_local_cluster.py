@@ -28,3 +28,20 @@ def test_the_coordinator_port_is_free_and_below_the_ephemeral_range():
     low, _ = local_cluster._ephemeral_ports()
     ports = {local_cluster.free_port() for _ in range(20)}
     assert all(1024 <= p < low for p in ports) and len(ports) > 1
+
+
+# Each process of a CPU job checks what it runs with after joining the job.
+SERIAL = ("import os, jax\n"
+          "from r1jax import distributed\n"
+          "assert distributed.initialize()\n"
+          "assert os.environ['PJRT_NPROC'] == '1', os.environ['PJRT_NPROC']\n"
+          "assert jax.config.values['jax_cpu_enable_async_dispatch'] is False\n"
+          "assert jax.process_count() == 2\n")
+
+
+def test_a_cpu_job_runs_each_process_programs_one_at_a_time(tmp_path):
+    """XLA:CPU runs a program's independent all-reduces concurrently and gloo pairs collectives by
+    order, so a 2-process GRPO step aborted with a collective mismatch under load (about one run in
+    three); the job's processes must come up serial."""
+    code = local_cluster.launch([sys.executable, "-c", SERIAL], processes=2, log_dir=str(tmp_path))
+    assert code == 0

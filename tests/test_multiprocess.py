@@ -1,5 +1,6 @@
 """Multi-process jobs rehearsed on one machine: 2 processes × 1 CPU device give the same metrics,
-held-out evaluations and exported weights as 1 process × 2 CPU devices (the same mesh), for a GRPO
+held-out evaluations and exported weights as 1 process × 2 CPU devices (the same mesh; real values to
+float32 rounding: the processes compute on one thread each), for a GRPO
 run, an SFT → traces stage chain, and a GRPO run whose processes are all SIGKILLed and rerun."""
 import json
 import os
@@ -55,21 +56,51 @@ def _run(config, workdir, overrides=(), *, processes, timeout=900):
         env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout)
-    assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-4000:])
+    assert done.returncode == 0, _why(done.stdout + done.stderr)
     return done
 
 
-def _same_files(a, b, names):
+def _why(output: str) -> str:
+    """The lines that say why a run failed: an abort's thread dump would push them out of a tail."""
+    keys = ("Error", "error:", "what():", "terminate called", "Fatal Python", "Check failed",
+            "[r1jax]")
+    lines = [line for line in output.splitlines() if any(k in line for k in keys)]
+    return "\n".join(lines[-40:]) + "\n--- last lines ---\n" + output[-1500:]
+
+
+def _same_files(a, b, names, rounding=False):
+    """Equal rows; with ``rounding``, real-valued entries equal to float32 rounding (the rest —
+    rewards, lengths, counts, texts — exactly)."""
     for name in names:
         rows_a, rows_b = read_jsonl(os.path.join(a, name)), read_jsonl(os.path.join(b, name))
-        assert rows_a and rows_a == rows_b, name
+        assert rows_a, name
+        if not rounding:
+            assert rows_a == rows_b, name
+            continue
+        assert [r.keys() for r in rows_a] == [r.keys() for r in rows_b], name
+        for row_a, row_b in zip(rows_a, rows_b):
+            for key, value in row_a.items():
+                if isinstance(value, float) and not value.is_integer():
+                    assert row_b[key] == pytest.approx(value, rel=1e-5, abs=1e-7), (name, key)
+                else:
+                    assert row_b[key] == value, (name, key)
 
 
-def _same_weights(a, b, name="export/model.safetensors"):
+def _same_weights(a, b, name="export/model.safetensors", rounding=False):
     wa, wb = load_file(os.path.join(a, name)), load_file(os.path.join(b, name))
     assert wa.keys() == wb.keys()
     for key in wa:
-        np.testing.assert_array_equal(wa[key], wb[key], err_msg=key)
+        if rounding:
+            np.testing.assert_allclose(wa[key], wb[key], rtol=1e-5, atol=1e-6, err_msg=key)
+        else:
+            np.testing.assert_array_equal(wa[key], wb[key], err_msg=key)
+
+
+# A process of a CPU job computes on one thread (r1jax.distributed), one process with two devices
+# on several: a reduction split over threads rounds its last bit differently, so a 2-process run's
+# real-valued metrics and weights equal the 1-process run's to float32 rounding (after 4 steps,
+# 6e-8 at most in the weights; rewards, samples and evaluations exactly).
+ROUNDING = True
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +114,8 @@ def grpo_runs(tmp_path_factory):
 
 def test_grpo_two_processes_equal_one_process_with_two_devices(grpo_runs):
     two, one = grpo_runs
-    _same_files(two, one, ["metrics.jsonl", "eval.jsonl", "samples.jsonl"])
-    _same_weights(two, one)
+    _same_files(two, one, ["metrics.jsonl", "eval.jsonl", "samples.jsonl"], rounding=ROUNDING)
+    _same_weights(two, one, rounding=ROUNDING)
     rewards = [r["reward"] for r in read_jsonl(os.path.join(two, "metrics.jsonl"))]
     assert any(r > 0 for r in rewards)  # the runs compare real learning signal, not all zeros
     assert os.path.isfile(os.path.join(two, "process_1.log"))  # the other process's output
@@ -109,7 +140,7 @@ def test_sigkill_of_every_process_then_rerun_resumes_exactly(grpo_runs, tmp_path
     start = time.time()
     while 2 not in _checkpoints(workdir):
         assert proc.poll() is None, ("the run ended before its first checkpoint",
-                                     log.read_text()[-6000:])
+                                     _why(log.read_text()))
         assert time.time() - start < 600, "timed out"
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both processes, at once
@@ -150,8 +181,9 @@ def test_sft_then_traces_chain_two_processes_equal_one_process(tmp_path):
     _run(experiment, two, processes=2)
     _run(experiment, one, processes=1)
     _same_files(os.path.join(two, "cold_start"), os.path.join(one, "cold_start"),
-                ["metrics.jsonl", "eval.jsonl"])
-    _same_weights(os.path.join(two, "cold_start"), os.path.join(one, "cold_start"))
+                ["metrics.jsonl", "eval.jsonl"], rounding=ROUNDING)
+    _same_weights(os.path.join(two, "cold_start"), os.path.join(one, "cold_start"),
+                  rounding=ROUNDING)
     _same_files(os.path.join(two, "traces", "out"), os.path.join(one, "traces", "out"),
                 ["data.jsonl"])
     summary = json.load(open(os.path.join(two, "summary.json")))

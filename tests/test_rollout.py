@@ -216,7 +216,7 @@ def test_prompt_lengths_share_one_compiled_bucket(params):
         rollout.generate(params, CFG, [prompt], rng=jax.random.key(0), max_new_tokens=4)
     assert compiled_rollout.cache_info().currsize == 1
     (fn,) = [f for f in [compiled_rollout(CFG, SamplingParams(), rollout.StopCriteria(), 1, 4, 0,
-                                          None, True)]]
+                                          None, True, False)]]
     assert fn._cache_size() == 1
 
 

@@ -141,14 +141,15 @@ def prepare_weights(cfg: ModelConfig, params: Any, fuse: bool = True) -> DecodeW
 
 
 def decode_step(cfg: ModelConfig, w: DecodeWeights, token_B, rope, slot, valid_BxS, keys, values,
-                sharding: Sharding | None = None):
+                sharding: Sharding | None = None, with_experts: bool = False):
     """Logits ``[B, V]`` (float32) for one new token per row, written to cache slot ``slot``.
 
     ``rope`` is ``layers.rope_tables`` of the new tokens' positions; ``valid_BxS`` marks the cache
     slots each row may attend to (its prompt, and every generated slot up to and including
     ``slot``); ``keys`` are per-layer ``[B, K, E, S]`` and ``values`` ``[B, K, S, E]`` (see
     ``to_decode_cache``); an MLA model's are its ``latents`` and ``rope_keys``. Returns
-    ``(logits, keys, values)``.
+    ``(logits, keys, values)``, and with ``with_experts`` the experts each MoE layer chose for
+    the token (``decode_step_with``) after them.
     """
     dtype = cfg.activation_dtype
     if cfg.is_mla:
@@ -157,9 +158,10 @@ def decode_step(cfg: ModelConfig, w: DecodeWeights, token_B, rope, slot, valid_B
         def attend_latent(h_BxD, p, cache):
             return mla_decode_token(mla_cfg, p, h_BxD, rope, slot, valid_BxS, cache, sharding)
 
-        logits_BxV, caches = decode_step_with(cfg, w, token_B, rope, attend_latent,
-                                              tuple(zip(keys, values)), sharding)
-        return logits_BxV, tuple(k for k, _ in caches), tuple(v for _, v in caches)
+        logits_BxV, caches, experts_BxYxA = decode_step_with(
+            cfg, w, token_B, rope, attend_latent, tuple(zip(keys, values)), sharding)
+        out = logits_BxV, tuple(k for k, _ in caches), tuple(v for _, v in caches)
+        return out + (experts_BxYxA,) if with_experts else out
 
     def attend(q_BxKxQxE, k_BxKxE, v_BxKxE, cache):
         k_cache, v_cache = cache
@@ -173,9 +175,10 @@ def decode_step(cfg: ModelConfig, w: DecodeWeights, token_B, rope, slot, valid_B
                                       keys_transposed=True)
         return out, (k_cache, v_cache)
 
-    logits_BxV, caches = decode_step_with(cfg, w, token_B, rope, attend, tuple(zip(keys, values)),
-                                          sharding)
-    return logits_BxV, tuple(k for k, _ in caches), tuple(v for _, v in caches)
+    logits_BxV, caches, experts_BxYxA = decode_step_with(cfg, w, token_B, rope, attend,
+                                                         tuple(zip(keys, values)), sharding)
+    out = logits_BxV, tuple(k for k, _ in caches), tuple(v for _, v in caches)
+    return out + (experts_BxYxA,) if with_experts else out
 
 
 def decode_step_with(cfg: ModelConfig, w: DecodeWeights, token_B, rope, attend, caches,
@@ -183,13 +186,16 @@ def decode_step_with(cfg: ModelConfig, w: DecodeWeights, token_B, rope, attend, 
     """The decode step with the attention given: ``attend(q_BxKxQxE, k_BxKxE, v_BxKxE, cache)``
     stores the new key and value in its layer's ``cache`` (any pytree, one per layer in
     ``caches``) and returns ``(attention output [B, K, Q, E], updated cache)``; q arrives rotated
-    and scaled by ``E^-0.5``, k rotated. Returns ``(logits [B, V] float32, updated caches)``.
+    and scaled by ``E^-0.5``, k rotated. Returns ``(logits [B, V] float32, updated caches,
+    experts [B, Y_moe, A] int32)``: the experts each MoE layer chose for the token (router
+    replay records them; None for a dense model, and unused they cost nothing: the routing is
+    computed anyway and XLA drops an output nobody reads).
     The dense cache (``decode_step``) and the paged pool (``r1jax.rollout.paged``) both use it.
     For an MLA model ``attend(h_BxD, mla_params, cache)`` gets the normed hidden state and the
     layer's attention parameters and returns ``(attention output [B, D], updated cache)``."""
     dtype, eps = cfg.activation_dtype, cfg.rms_norm_eps
     x_BxD = embed(cfg, w.embedding_VxD, token_B, sharding)
-    new_caches = []
+    new_caches, experts = [], []
     for lw, cache in zip(w.layers, caches):
         h_BxD = rms_norm(x_BxD, lw.attn_norm_D, eps)
         if lw.mla is not None:
@@ -199,7 +205,9 @@ def decode_step_with(cfg: ModelConfig, w: DecodeWeights, token_B, rope, attend, 
             x_BxD, cache = _attention(cfg, lw, x_BxD, h_BxD, rope, attend, cache)
         h_BxD = rms_norm(x_BxD, lw.mlp_norm_D, eps)
         if lw.moe is not None:
-            x_BxD = x_BxD + moe_ffn(cfg, lw.moe, h_BxD, sharding=sharding)[0]
+            y_BxD, stats = moe_ffn(cfg, lw.moe, h_BxD, sharding=sharding)
+            x_BxD = x_BxD + y_BxD
+            experts.append(stats.expert_indices)
         else:
             gate_BxF, up_BxF = jnp.split(_matmul(h_BxD, lw.gate_up_DxF2), 2, axis=-1)
             x_BxD = x_BxD + swiglu(gate_BxF, up_BxF) @ lw.down_FxD
@@ -207,7 +215,8 @@ def decode_step_with(cfg: ModelConfig, w: DecodeWeights, token_B, rope, attend, 
         new_caches.append(cache)
     hidden_BxD = rms_norm(x_BxD, w.final_norm_D, eps)
     logits_BxV = jnp.dot(hidden_BxD, w.lm_head_DxV, preferred_element_type=jnp.float32)
-    return logits_BxV, tuple(new_caches)
+    experts_BxYxA = jnp.stack(experts, axis=1) if experts else None
+    return logits_BxV, tuple(new_caches), experts_BxYxA
 
 
 def _attention(cfg: ModelConfig, lw: LayerWeights, x_BxD, h_BxD, rope, attend, cache):

@@ -8,7 +8,8 @@ the parameters and calls it, and the one-token decode step calls it on the same 
   the config has one), within the ``topk_group`` best of ``n_group`` groups; the combine weights
   are the *unbiased* scores of the chosen experts, renormalized when ``norm_topk_prob`` and times
   ``routed_scaling_factor``. Given ``expert_indices`` (router replay), the choice is taken as is
-  and only the weights are computed, so gradients still reach the router.
+  and only the weights are computed, so gradients still reach the router; a token whose replayed
+  choice holds an out-of-range expert (``>= X``: one the sampler never routed) is routed afresh.
 * Experts (``expert_swiglu``): dropless. The ``N·A`` token-expert assignments are sorted by
   expert and each expert's contiguous rows go through its SwiGLU with ``jax.lax.ragged_dot``
   (grouped matmuls sized by the per-expert counts); the rows are weighted and summed back onto
@@ -91,17 +92,32 @@ def choose_experts(cfg: ModelConfig, scores_NxX, bias_X=None):
     return jax.lax.top_k(choice_NxX, cfg.num_experts_per_tok)[1].astype(jnp.int32)
 
 
+def expert_index_dtype(count: int):
+    """The smallest unsigned integer dtype that holds ``0 … count - 1``: a recorded routing is
+    ``tokens × MoE layers × A`` of them, so at rollout scale the width matters (uint8 up to 256
+    experts)."""
+    for dtype in (jnp.uint8, jnp.uint16, jnp.uint32):
+        if count - 1 <= jnp.iinfo(dtype).max:
+            return dtype
+    raise ValueError(f"{count} experts do not fit an unsigned 32-bit index")
+
+
 def route(cfg: ModelConfig, logits_NxX, bias_X=None, expert_indices_NxA=None) -> Routing:
     """Scores → chosen experts (or the given ones) → combine weights.
 
     ``w_na = γ · s_{n,e_na} / (Σ_a s_{n,e_na} + 1e-20)`` with ``norm_topk_prob``, else
-    ``γ · s_{n,e_na}``; ``γ = routed_scaling_factor``. The bias never enters ``w``.
+    ``γ · s_{n,e_na}``; ``γ = routed_scaling_factor``. The bias never enters ``w``. A replayed
+    token with any entry ``>= X`` takes the fresh choice instead (module docstring).
     """
     scores_NxX = router_scores(cfg, logits_NxX)
+    # The choice is discrete: no gradient flows through it, only through the weights.
+    choose = lambda: choose_experts(cfg, jax.lax.stop_gradient(scores_NxX), bias_X)  # noqa: E731
     if expert_indices_NxA is None:
-        # The choice is discrete: no gradient flows through it, only through the weights.
-        expert_indices_NxA = choose_experts(cfg, jax.lax.stop_gradient(scores_NxX), bias_X)
-    indices_NxA = expert_indices_NxA.astype(jnp.int32)
+        indices_NxA = choose()
+    else:
+        replay_NxA = expert_indices_NxA.astype(jnp.int32)
+        recorded_N = jnp.all((replay_NxA >= 0) & (replay_NxA < scores_NxX.shape[1]), axis=1)
+        indices_NxA = jnp.where(recorded_N[:, None], replay_NxA, choose())
     weights_NxA = jnp.take_along_axis(scores_NxX, indices_NxA, axis=1)
     if cfg.norm_topk_prob:
         weights_NxA = weights_NxA / (weights_NxA.sum(-1, keepdims=True) + 1e-20)

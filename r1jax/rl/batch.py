@@ -30,20 +30,32 @@ def completion_bucket(longest: int, budget: int, quantum: int = 16) -> int:
     return min(budget, max(quantum, -(-longest // quantum) * quantum))
 
 
-def make_batch(rollout: Rollout, advantages_B, *, columns: int,
-               sampler_logprobs: bool = False) -> GRPOBatch:
+def make_batch(rollout: Rollout, advantages_B, *, columns: int, sampler_logprobs: bool = False,
+               router_replay: bool = False) -> GRPOBatch:
     """Prompt and completion side by side, ``[P·G, Lp + T]``, keeping ``columns`` completion
-    columns (everything after them is padding)."""
+    columns (everything after them is padding); with ``router_replay``, the rollout's expert
+    choices laid out the same way (``GRPOBatch.experts_BxLxYxA``)."""
+    experts = (None, None)
+    if router_replay:
+        if rollout.experts is None:
+            raise ValueError("router_replay needs a rollout that recorded its expert choices "
+                             "(generate(record_experts=True))")
+        experts = (rollout.prompt_experts, rollout.experts)
     return _make_batch(rollout.prompt_tokens, rollout.prompt_mask, rollout.tokens, rollout.mask,
                        rollout.logprobs if sampler_logprobs else None,
-                       jnp.asarray(advantages_B, jnp.float32), group=rollout.group_size,
-                       columns=columns)
+                       jnp.asarray(advantages_B, jnp.float32), *experts,
+                       group=rollout.group_size, columns=columns)
 
 
 # Jitted as one program: op by op from the host, it was ~0.6 ms of dispatch per step.
 @functools.partial(jax.jit, static_argnames=("group", "columns"))
 def _make_batch(prompt_PxLp, prompt_mask_PxLp, tokens_BxT, mask_BxT, logprobs_BxT, advantages,
-                *, group: int, columns: int) -> GRPOBatch:
+                prompt_experts_PxLpxYxA=None, experts_BxTxYxA=None, *, group: int,
+                columns: int) -> GRPOBatch:
+    experts_BxLxYxA = None
+    if experts_BxTxYxA is not None:
+        experts_BxLxYxA = jnp.concatenate([jnp.repeat(prompt_experts_PxLpxYxA, group, axis=0),
+                                           experts_BxTxYxA[:, :columns]], axis=1)
     prompts = jnp.repeat(prompt_PxLp, group, axis=0)
     prompt_mask = jnp.repeat(prompt_mask_PxLp, group, axis=0)
     completion = tokens_BxT[:, :columns]
@@ -55,4 +67,5 @@ def _make_batch(prompt_PxLp, prompt_mask_PxLp, tokens_BxT, mask_BxT, logprobs_Bx
         completion_mask_BxT=completion_mask,
         advantages_B=advantages.reshape(-1),
         sampler_logp_BxT=None if logprobs_BxT is None else logprobs_BxT[:, :columns],
+        experts_BxLxYxA=experts_BxLxYxA,
     )

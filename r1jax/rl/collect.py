@@ -62,6 +62,7 @@ class Collector:
     reward_model: Any = None
     dynamic_sampling: bool = False
     max_refills: int = 0
+    record_experts: bool = False  # router replay: the rollout keeps its expert choices
 
 
 def collect(c: Collector, params, model_cfg, sampler_state: SamplerState, key: jax.Array, *,
@@ -80,7 +81,7 @@ def collect(c: Collector, params, model_cfg, sampler_state: SamplerState, key: j
             params, model_cfg, c.tokenizer, prompts, c.request, group_size=c.group_size,
             rng=jax.random.fold_in(key, refills), problems=problems,
             reward_config=c.reward_config, pool=c.pool, reward_model=c.reward_model,
-            sharding=sharding)
+            sharding=sharding, record_experts=c.record_experts)
         part = Experience(done.rollout, score(done, c.tokenizer, c.reward_config), problems)
         parts.append(part)
         informative += [(len(parts) - 1, g) for g in np.nonzero(
@@ -129,8 +130,10 @@ def take_groups(parts: Sequence[Experience], picks: Sequence[tuple[int, int]]) -
     re-padded on the left to the longest bucket among the parts."""
     prompt_len = max(int(p.rollout.prompt_tokens.shape[1]) for p in parts)
     group = parts[0].rollout.group_size
-    fields = {name: [] for name in ("tokens", "lengths", "mask", "logprobs", "stopped")}
-    prompts, prompt_masks, problems = [], [], []
+    recorded = parts[0].rollout.experts is not None  # router replay
+    fields = {name: [] for name in ("tokens", "lengths", "mask", "logprobs", "stopped")
+              + (("experts",) if recorded else ())}
+    prompts, prompt_masks, prompt_experts, problems = [], [], [], []
     texts, rewards, lengths, stopped, think = [], [], [], [], []
     components = {name: [] for name in parts[0].scored.components}
     for index, g in picks:
@@ -142,6 +145,9 @@ def take_groups(parts: Sequence[Experience], picks: Sequence[tuple[int, int]]) -
         pad = prompt_len - rollout.prompt_tokens.shape[1]
         prompts.append(np.pad(distributed.to_host(rollout.prompt_tokens)[g], (pad, 0)))
         prompt_masks.append(np.pad(distributed.to_host(rollout.prompt_mask)[g], (pad, 0)))
+        if recorded:  # [Lp, Y, A]: padded on the left like its prompt
+            prompt_experts.append(np.pad(distributed.to_host(rollout.prompt_experts)[g],
+                                         ((pad, 0), (0, 0), (0, 0))))
         problems.append(part.problems[g])
         texts += scored.texts[rows]
         rewards.append(scored.rewards_PxG[g])
@@ -155,7 +161,10 @@ def take_groups(parts: Sequence[Experience], picks: Sequence[tuple[int, int]]) -
                         for k, v in fields.items()},
                      prompt_tokens=distributed.like_rows(np.stack(prompts), first.prompt_tokens),
                      prompt_mask=distributed.like_rows(np.stack(prompt_masks), first.prompt_mask),
-                     decode_steps=max(int(p.rollout.decode_steps) for p in parts))
+                     decode_steps=max(int(p.rollout.decode_steps) for p in parts),
+                     prompt_experts=distributed.like_rows(np.stack(prompt_experts),
+                                                          first.prompt_experts)
+                     if recorded else None)
     scored = ScoredRollout(texts, np.stack(rewards), {k: np.concatenate(v) for k, v in
                                                       components.items()},
                            np.concatenate(lengths), np.concatenate(stopped), np.concatenate(think),

@@ -76,6 +76,10 @@ class GRPOConfig:
     optimizer steps, repeated ``num_iterations`` (μ) times; each minibatch is accumulated over
     ``num_microbatches`` forward/backward passes. Old-policy log-probs are recomputed once per
     rollout (``old_logprobs="recompute"``) or taken from the sampler (``"sampler"``).
+
+    ``router_replay`` (mixtures of experts): the rollout records the experts every MoE layer chose
+    for every token, and every training forward of the batch (old-policy, reference, update)
+    routes each token to them instead of choosing afresh (``r1jax.rollout.router_replay``).
     """
 
     loss: LossConfig = LossConfig()
@@ -91,6 +95,7 @@ class GRPOConfig:
     ref_update_interval: int | None = None  # steps between resets of the reference to the policy
     logprob_impl: str = "auto"
     max_consecutive_skips: int = 5
+    router_replay: bool = False
 
     def __post_init__(self):
         _check(self.group_size >= 1, f"group_size must be >= 1, got {self.group_size}")

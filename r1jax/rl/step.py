@@ -28,8 +28,10 @@ class GRPOBatch:
     """A minibatch of scored completions (row ``p·G + g``).
 
     ``tokens_BxL``/``attention_mask_BxL``: left-padded prompt then completion (``L = Lp + T``);
-    ``completion_mask_BxT``: the completion tokens that count; ``advantages_B``; and optional
-    per-token log-probs ``[B, T]`` of the old policy, the reference and the sampler.
+    ``completion_mask_BxT``: the completion tokens that count; ``advantages_B``; optional
+    per-token log-probs ``[B, T]`` of the old policy, the reference and the sampler; and, for
+    router replay, the sampler's expert choices ``experts_BxLxYxA`` aligned with ``tokens_BxL``
+    (``r1jax.rollout.router_replay``), which every forward of the batch then takes.
     """
 
     tokens_BxL: jax.Array
@@ -39,6 +41,7 @@ class GRPOBatch:
     old_logp_BxT: jax.Array | None = None
     ref_logp_BxT: jax.Array | None = None
     sampler_logp_BxT: jax.Array | None = None
+    experts_BxLxYxA: jax.Array | None = None
 
     @property
     def completion_length(self) -> int:
@@ -57,7 +60,9 @@ def grpo_step(state: TrainState, batch: GRPOBatch, ref_params: Any, *, cfg: GRPO
     ``ref_params`` (skipped entirely when ``cfg.loss.beta == 0``). Old-policy log-probs come from
     ``batch.old_logp_BxT``; without them the update is on-policy (ratio ≡ 1). A mixture-of-
     experts policy adds its load-balance metrics (``r1jax.rl.moe_balance``) and, with
-    ``cfg.loss.moe_aux_coef > 0``, that coefficient times its balancing loss to the loss.
+    ``cfg.loss.moe_aux_coef > 0``, that coefficient times its balancing loss to the loss. A batch
+    with ``experts_BxLxYxA`` (``cfg.router_replay``) replays them in every forward, and the
+    metrics and aux loss are those of the replayed routing.
     """
     loss_cfg = cfg.loss
     num_sequences = batch.tokens_BxL.shape[0]
@@ -72,6 +77,12 @@ def grpo_step(state: TrainState, batch: GRPOBatch, ref_params: Any, *, cfg: GRPO
     if loss_cfg.moe_aux_coef > 0 and not model_cfg.is_moe:
         raise ValueError("grpo.loss.moe_aux_coef > 0 needs a mixture-of-experts policy; set it "
                          "to 0 for a dense model")
+    if cfg.router_replay and not model_cfg.is_moe:
+        raise ValueError("grpo.router_replay needs a mixture-of-experts policy; set "
+                         "grpo.router_replay=False for a dense model")
+    if cfg.router_replay and batch.experts_BxLxYxA is None:
+        raise ValueError("grpo.router_replay needs the batch's expert choices "
+                         "(batch.make_batch(..., router_replay=True) of a recording rollout)")
     experts_per_token = model_cfg.num_experts_per_tok
     # The real tokens the training forward sees (prompt + completion[:-1]): what MoE statistics
     # are normalized by, here for the whole minibatch.
@@ -79,11 +90,12 @@ def grpo_step(state: TrainState, batch: GRPOBatch, ref_params: Any, *, cfg: GRPO
 
     def microbatch_loss(params, mb: GRPOBatch, weights):
         logp, entropy, moe_stats = forward(params, mb.tokens_BxL, mb.attention_mask_BxL,
-                                           return_entropy=True)
+                                           return_entropy=True, experts_BxLxYxA=mb.experts_BxLxYxA)
         ref_logp = mb.ref_logp_BxT
         if need_ref:
             ref_logp = jax.lax.stop_gradient(forward(ref_params, mb.tokens_BxL,
-                                                     mb.attention_mask_BxL)[0])
+                                                     mb.attention_mask_BxL,
+                                                     experts_BxLxYxA=mb.experts_BxLxYxA)[0])
         loss, sums = losses.weighted_loss(logp, mb.old_logp_BxT, ref_logp, mb.advantages_B,
                                           mb.completion_mask_BxT, weights, loss_cfg,
                                           mb.sampler_logp_BxT)
@@ -147,9 +159,9 @@ def make_grpo_step(cfg: GRPOConfig, model_cfg: models.ModelConfig,
 @functools.partial(jax.jit, static_argnames=("model_cfg", "completion_length", "temperature",
                                              "impl", "sharding"))
 def rollout_logprobs(params, tokens_BxL, attention_mask_BxL, *, model_cfg, completion_length,
-                     temperature, impl="auto", sharding=None):
+                     temperature, impl="auto", sharding=None, experts_BxLxYxA=None):
     """Per-token log-probs of a rollout's completions under ``params`` (old policy or reference),
-    computed once per rollout, without gradients."""
+    computed once per rollout, without gradients; ``experts_BxLxYxA`` replays a routing."""
     return completion_logprobs(model_cfg, params, tokens_BxL, attention_mask_BxL,
                                completion_length, temperature=temperature, impl=impl,
-                               sharding=sharding)[0]
+                               sharding=sharding, experts_BxLxYxA=experts_BxLxYxA)[0]

@@ -78,7 +78,8 @@ def run(cfg: RunConfig, workdir: str) -> dict:
             columns = batch_lib.completion_bucket(int(exp.scored.lengths.max()),
                                                   cfg.rollout.max_new_tokens)
             batch = batch_lib.make_batch(exp.rollout, adv.advantages_PxG, columns=columns,
-                                         sampler_logprobs=cfg.grpo.loss.tis_cap is not None)
+                                         sampler_logprobs=cfg.grpo.loss.tis_cap is not None,
+                                         router_replay=cfg.grpo.router_replay)
             # 3. Old-policy and reference log-probs.
             batch, step_ref = logprobs_for_update(cfg, run_.model_cfg, batch, exp, state.params,
                                                   ref_params, run_.sharding)
@@ -166,7 +167,7 @@ def setup(cfg: RunConfig, workdir: str) -> Setup:
     collector = Collector(
         train_set, Sampler(len(train_set), seed=cfg.data.seed), template, tokenizer, cfg.rollout,
         cfg.grpo.group_size, cfg.prompts_per_step, cfg.data.max_prompt_tokens, reward_cfg, pool,
-        reward_model, cfg.dynamic_sampling, cfg.max_refills)
+        reward_model, cfg.dynamic_sampling, cfg.max_refills, cfg.grpo.router_replay)
     settings = r1eval.EvalSettings(
         template=cfg.data.template, num_samples=cfg.eval.num_samples,
         temperature=cfg.eval.temperature, top_p=cfg.eval.top_p,
@@ -203,9 +204,11 @@ def logprobs_for_update(cfg: RunConfig, model_cfg, batch: GRPOBatch, exp: Experi
     Old: the sampler's (``old_logprobs="sampler"``), a forward of the policy once per rollout when
     the batch is reused (several minibatches or iterations), or none (on-policy: ratio ≡ 1).
     Reference (β > 0): a forward once per rollout when the batch is reused, else inside the
-    update (returned as the update's reference parameters)."""
+    update (returned as the update's reference parameters). Both forwards replay the batch's
+    expert choices when it has them (router replay)."""
     lp = dict(model_cfg=model_cfg, completion_length=batch.completion_length,
-              temperature=cfg.grpo.temperature, impl=cfg.grpo.logprob_impl, sharding=sharding)
+              temperature=cfg.grpo.temperature, impl=cfg.grpo.logprob_impl, sharding=sharding,
+              experts_BxLxYxA=batch.experts_BxLxYxA)
     if cfg.grpo.old_logprobs == "sampler":
         batch = batch.replace(old_logp_BxT=exp.rollout.logprobs[:, :batch.completion_length])
     elif not cfg.grpo.on_policy:

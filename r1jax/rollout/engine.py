@@ -46,6 +46,11 @@ class Rollout:
     for lockstep, slots × steps for paged), ``kv_tokens``, the KV cache it held (token slots per
     layer), ``kv_tokens_peak``, how many of them were in use at most, and ``preemptions``, how
     often the paged engine's pool ran dry and a sample was restarted.
+
+    With ``generate(record_experts=True)`` (router replay, a mixture of experts; else None):
+    ``prompt_experts`` ``[P, Lp, Y, A]``, the experts each of the ``Y`` MoE layers chose for
+    each prompt token, and ``experts`` ``[P·G, T, Y, A]``, for each generated token; entries of
+    padding and of each row's last token (never fed back) hold nothing (``router_replay``).
     """
 
     tokens: jax.Array
@@ -60,6 +65,8 @@ class Rollout:
     kv_tokens: int = 0
     kv_tokens_peak: jax.Array | int = 0
     preemptions: jax.Array | int = 0
+    prompt_experts: jax.Array | None = None
+    experts: jax.Array | None = None
 
     @property
     def group_size(self) -> int:
@@ -129,6 +136,7 @@ def generate(
     kv_pages: int = 0,
     prefill_chunk: int = 512,
     sample_budgets: Sequence[int] | np.ndarray | None = None,
+    record_experts: bool = False,
 ) -> Rollout:
     """Sample ``group_size`` completions of up to ``max_new_tokens`` tokens for every prompt.
 
@@ -147,12 +155,17 @@ def generate(
     one that stopped (0: the defaults of ``paged.plan``). Both give the same tokens for the same
     key up to float rounding. The paged engine does not page MLA's latent cache yet: DeepSeek-V3
     models (``model_config.is_mla``) decode with ``"lockstep"``. ``sample_budgets`` caps each
-    row's new tokens (``[P·G]``, each ``1 … max_new_tokens``).
+    row's new tokens (``[P·G]``, each ``1 … max_new_tokens``). ``record_experts`` (a mixture of
+    experts) also returns every token's expert choices (``Rollout.prompt_experts``/``experts``),
+    for router replay in training.
     """
     if group_size < 1:
         raise ValueError(f"group_size must be >= 1, got {group_size}")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if record_experts and not model_config.is_moe:
+        raise ValueError(f"record_experts needs a mixture-of-experts model; "
+                         f"{model_config.model_type} is dense (set grpo.router_replay=False)")
     sampling = SamplingParams(float(temperature), float(top_p), int(top_k))
     if stop_strings and tokenizer is None:
         raise ValueError("stop_strings need the tokenizer (to encode and to check them)")
@@ -190,12 +203,13 @@ def generate(
                           prompt_lengths=mask.sum(axis=1))
         fn = paged.compiled_paged(model_config, sampling, stops, int(group_size),
                                   int(max_new_tokens), int(pad_id), pool,
-                                  sharding if shards > 1 else None)
-        (tokens, lengths, comp_mask, logprobs, stopped, steps, slot_steps, peak,
-         preemptions) = fn(params, ids_j, mask_j, budgets_j, rng)
+                                  sharding if shards > 1 else None,
+                                  record_experts=bool(record_experts))
+        rows, experts = _split_experts(fn(params, ids_j, mask_j, budgets_j, rng), record_experts)
+        tokens, lengths, comp_mask, logprobs, stopped, steps, slot_steps, peak, preemptions = rows
         rollout = Rollout(tokens, lengths, comp_mask, logprobs, stopped, ids_j, mask_j, steps,
                           slot_steps, pool.kv_pages * pool.page_size * shards,
-                          peak * pool.page_size, preemptions)
+                          peak * pool.page_size, preemptions, *experts)
         if stop_strings:
             rollout = cut_at_stop_strings(rollout, tokenizer, stop_strings, pad_id)
         return rollout
@@ -205,14 +219,23 @@ def generate(
         # On CPU every op of the loop is a kernel call; accelerators fuse the per-step slices.
         unstack_params = jax.default_backend() == "cpu"
     fn = compiled_rollout(model_config, sampling, stops, int(group_size), int(max_new_tokens),
-                          int(pad_id), sharding, bool(unstack_params))
-    tokens, lengths, comp_mask, logprobs, stopped, steps = fn(params, ids_j, mask_j, budgets_j, rng)
+                          int(pad_id), sharding, bool(unstack_params), bool(record_experts))
+    rows, experts = _split_experts(fn(params, ids_j, mask_j, budgets_j, rng), record_experts)
+    tokens, lengths, comp_mask, logprobs, stopped, steps = rows
     kv_tokens = batch * (ids.shape[1] + max_new_tokens - 1)
     rollout = Rollout(tokens, lengths, comp_mask, logprobs, stopped, ids_j, mask_j, steps,
-                      steps * batch, kv_tokens, kv_tokens)
+                      steps * batch, kv_tokens, kv_tokens, 0, *experts)
     if stop_strings:
         rollout = cut_at_stop_strings(rollout, tokenizer, stop_strings, pad_id)
     return rollout
+
+
+def _split_experts(outputs: tuple, recorded: bool) -> tuple[tuple, tuple]:
+    """An engine's outputs without, and its ``(prompt_experts, experts)`` (which follow the five
+    per-row outputs when recorded; else None, None)."""
+    if not recorded:
+        return outputs, (None, None)
+    return outputs[:5] + outputs[7:], outputs[5:7]
 
 
 def cut_at_stop_strings(rollout: Rollout, tokenizer, stop_strings: Sequence[str], pad_id: int = 0

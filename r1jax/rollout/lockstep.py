@@ -14,6 +14,11 @@ work over two CPU devices: 7.8 ms instead of 10.3 ms on one).
 On CPU the loop runs the model's one-token ``r1jax.models.decode.decode_step`` (weights re-laid
 out once per call) in a few segments whose caches grow to just the slots each segment needs
 (``decode_segments``); elsewhere it runs ``models.forward`` with the full-length cache.
+
+With ``record_experts`` (router replay, mixtures of experts) the program also returns the experts
+every MoE layer chose: for each prompt token from the prefill, and for each generated token from
+the step that fed it back (``router_replay.record_step``); without it the loop carries nothing
+more.
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ import jax.numpy as jnp
 from r1jax import models
 from r1jax.models import ModelConfig, decode
 from r1jax.models.layers import rope_tables
+from r1jax.rollout import router_replay
 from r1jax.rollout.sampling import SamplingParams, sample_with_uniform
 from r1jax.rollout.shards import on_each_shard, step_uniforms
 from r1jax.rollout.stops import StopCriteria
@@ -43,11 +49,13 @@ def decode_segments(max_new_tokens: int, min_steps: int = 32, max_segments: int 
 @functools.lru_cache(maxsize=64)
 def compiled_rollout(cfg: ModelConfig, sampling: SamplingParams, stops: StopCriteria,
                      group_size: int, max_new_tokens: int, pad_id: int, sharding: Sharding | None,
-                     unstack: bool):
+                     unstack: bool, record_experts: bool = False):
     """One jitted program per static setting (shapes add their own compile-cache entries).
 
     ``unstack``: decode with ``decode.decode_step`` on weights re-laid out once per call (CPU);
-    otherwise with ``models.forward`` on the parameters as they are (accelerators).
+    otherwise with ``models.forward`` on the parameters as they are (accelerators). The program
+    returns ``(tokens, lengths, mask, logprobs, stopped, decode_steps)``; with ``record_experts``
+    the prompts' and the completions' expert choices (``router_replay``) follow ``stopped``.
     """
 
     def run(params, prompt_PxLp, prompt_mask_PxLp, u_TxB, budgets_B, sharding):
@@ -63,6 +71,8 @@ def compiled_rollout(cfg: ModelConfig, sampling: SamplingParams, stops: StopCrit
         # Left padding puts every prompt's last token in the last column.
         logits_PxV = jnp.dot(out.hidden_BxLxD[:, -1], out.lm_head_DxV,
                              preferred_element_type=jnp.float32)
+        if record_experts:
+            prompt_experts_PxLpxYxA = router_replay.tokens_first(cfg, out.moe_stats.expert_indices)
 
         def repeat(x):
             return jnp.repeat(x, group_size, axis=0)
@@ -106,12 +116,18 @@ def compiled_rollout(cfg: ModelConfig, sampling: SamplingParams, stops: StopCrit
             done_B=jnp.zeros((batch,), bool),
             lengths_B=jnp.zeros((batch,), jnp.int32),
         )
+        if record_experts:
+            state["experts_BxTxYxA"] = router_replay.empty_record(cfg, batch, max_new_tokens)
         state = record(state, *draw(0, logits_BxV))
 
         def step_with(logits_of):
             def decode_step(s):
-                logits_BxV, caches = logits_of(s)
-                return record(dict(s, **caches), *draw(s["step"], logits_BxV))
+                logits_BxV, caches, experts_BxYxA = logits_of(s)
+                s = dict(s, **caches)
+                if record_experts:  # step s fed every row's token s - 1
+                    s["experts_BxTxYxA"] = router_replay.record_step(
+                        s["experts_BxTxYxA"], experts_BxYxA, s["step"] - 1)
+                return record(s, *draw(s["step"], logits_BxV))
             return decode_step
 
         def keep_going_until(end):
@@ -143,10 +159,10 @@ def compiled_rollout(cfg: ModelConfig, sampling: SamplingParams, stops: StopCrit
                     valid_BxS = prompt_valid_BxS | ((slot_S >= prompt_len) & (slot_S <= slot))
                     rope = tuple(jax.lax.dynamic_index_in_dim(t, s["step"], 0, False)
                                  for t in rope_all)
-                    logits_BxV, keys, values = decode.decode_step(
+                    logits_BxV, keys, values, experts_BxYxA = decode.decode_step(
                         cfg, weights, s["token_B"], rope, slot, valid_BxS, s["keys"], s["values"],
-                        sharding)
-                    return logits_BxV, dict(keys=keys, values=values)
+                        sharding, with_experts=True)
+                    return logits_BxV, dict(keys=keys, values=values), experts_BxYxA
 
                 s = jax.lax.while_loop(keep_going_until(end), step_with(logits_of),
                                        dict(s, keys=keys, values=values))
@@ -157,13 +173,19 @@ def compiled_rollout(cfg: ModelConfig, sampling: SamplingParams, stops: StopCrit
                                      sharding=sharding)
                 logits_BxV = jnp.dot(out.hidden_BxLxD[:, 0], out.lm_head_DxV,
                                      preferred_element_type=jnp.float32)
-                return logits_BxV, dict(cache=out.cache)
+                experts_BxYxA = None
+                if out.moe_stats is not None:
+                    experts_BxYxA = router_replay.tokens_first(cfg, out.moe_stats.expert_indices
+                                                               )[:, 0]
+                return logits_BxV, dict(cache=out.cache), experts_BxYxA
 
             s = jax.lax.while_loop(keep_going_until(max_new_tokens), step_with(logits_of),
                                    dict(s, cache=cache))
         mask_BxT = jnp.arange(max_new_tokens)[None, :] < s["lengths_B"][:, None]
-        return (s["tokens_BxT"], s["lengths_B"], mask_BxT, s["logprobs_BxT"], s["done_B"],
-                s["step"])
+        rows = (s["tokens_BxT"], s["lengths_B"], mask_BxT, s["logprobs_BxT"], s["done_B"])
+        if record_experts:
+            rows += (prompt_experts_PxLpxYxA, s["experts_BxTxYxA"])
+        return rows + (s["step"],)
 
     def run_global(params, prompt_PxLp, prompt_mask_PxLp, budgets_B, rng):
         u_TxB = step_uniforms(rng, sampling, max_new_tokens, prompt_PxLp.shape[0] * group_size)
@@ -179,7 +201,7 @@ def compiled_rollout(cfg: ModelConfig, sampling: SamplingParams, stops: StopCrit
         u_TxB = step_uniforms(rng, sampling, max_new_tokens, prompt_PxLp.shape[0] * group_size)
         out = on_each_shard(lambda *a: run(*a, None), sharding, params, prompt_PxLp,
                             prompt_mask_PxLp, budgets_B, u_TxB, max_new_tokens=max_new_tokens,
-                            row_outputs=5, scalar_outputs=1)
+                            row_outputs=7 if record_experts else 5, scalar_outputs=1)
         return out[:-1] + (jnp.max(out[-1]),)
 
     return jax.jit(run_per_shard if unstack and sharding is not None else run_global)

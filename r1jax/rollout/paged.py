@@ -26,6 +26,9 @@ row stops, and holds ``P·G·(prompt + max_new)`` cache slots, most of them padd
 * **Same results.** Sample ``b``'s token ``t`` uses the uniform ``u[t, b]`` of the call's one
   ``[T, B]`` draw, exactly as the lockstep engine does, so the tokens do not depend on the slot
   count or on when a sample ran; only the float rounding of the logits differs.
+* **Router replay.** With ``record_experts`` (a mixture of experts) the loop also writes the
+  experts each MoE layer chose for the token a slot fed back to the sample's row
+  (``router_replay``); a restarted sample rewrites its own.
 
 Use it through ``rollout.generate(engine="paged")``.
 """
@@ -40,7 +43,7 @@ from kernels.paged_attention import ragged_paged_attention, resolve_impl
 from r1jax import models
 from r1jax.models import ModelConfig, decode
 from r1jax.models.layers import rope_tables
-from r1jax.rollout import slot_cache
+from r1jax.rollout import router_replay, slot_cache
 from r1jax.rollout import paged_plan
 from r1jax.rollout.paged_plan import PagedPlan, ceil_div
 from r1jax.rollout.sampling import SamplingParams, sample_with_uniform
@@ -49,18 +52,22 @@ from r1jax.rollout.stops import StopCriteria
 from r1jax.sharding import Sharding
 
 
-def _prefill(cfg, params, prompt_PxLp, mask_PxLp, chunk: int):
-    """The prompts' last logits ``[P, V]`` and dense cache, prefilled ``chunk`` tokens at a time
-    (attention scores ``[P, chunk, Lp]`` instead of ``[P, Lp, Lp]``)."""
+def _prefill(cfg, params, prompt_PxLp, mask_PxLp, chunk: int, record_experts: bool = False):
+    """The prompts' last logits ``[P, V]``, dense cache and (``record_experts``) expert choices
+    ``[P, Lp, Y, A]``, else None, prefilled ``chunk`` tokens at a time (attention scores
+    ``[P, chunk, Lp]`` instead of ``[P, Lp, Lp]``)."""
     num_prompts, prompt_len = prompt_PxLp.shape
     cache = models.init_cache(cfg, num_prompts, prompt_len)
+    experts = []
     for start in range(0, prompt_len, chunk):
         out = models.forward(cfg, params, prompt_PxLp[:, start:start + chunk],
                              attention_mask_BxL=mask_PxLp[:, start:start + chunk], cache=cache)
         cache = out.cache
+        if record_experts:
+            experts.append(router_replay.tokens_first(cfg, out.moe_stats.expert_indices))
     logits_PxV = jnp.dot(out.hidden_BxLxD[:, -1], out.lm_head_DxV,
                          preferred_element_type=jnp.float32)
-    return logits_PxV, cache
+    return logits_PxV, cache, jnp.concatenate(experts, axis=1) if experts else None
 
 
 def _pages_of_prompts(cfg, cache, prompt_len_P, plan: PagedPlan, pages: int | None = None):
@@ -89,7 +96,7 @@ def _pages_of_prompts(cfg, cache, prompt_len_P, plan: PagedPlan, pages: int | No
     return pools, table_PxM, pages_P, jnp.sum(pages_P)
 
 
-_BIG = ("pools", "tokens_BxT", "logprobs_BxT")
+_BIG = ("pools", "tokens_BxT", "logprobs_BxT", "experts_BxTxYxA")
 
 
 def _segment_widths(plan: PagedPlan, attention_impl: str, segments: int = 8) -> list[int]:
@@ -115,10 +122,12 @@ def _skip_unless(pred, update, s):
 @functools.lru_cache(maxsize=32)
 def compiled_paged(cfg: ModelConfig, sampling: SamplingParams, stops: StopCriteria,
                    group_size: int, max_new_tokens: int, pad_id: int, plan: PagedPlan,
-                   sharding: Sharding | None, attention_impl: str = "auto"):
+                   sharding: Sharding | None, attention_impl: str = "auto",
+                   record_experts: bool = False):
     """One jitted paged rollout per static setting: ``fn(params, prompt_PxLp, mask_PxLp,
     budgets_B, rng)`` → ``(tokens, lengths, mask, logprobs, stopped, decode_steps, slot_steps,
-    peak_pages, preemptions)``."""
+    peak_pages, preemptions)``; with ``record_experts`` the prompts' and the completions' expert
+    choices (``router_replay``) follow ``stopped``."""
     T, slots, size = max_new_tokens, plan.decode_slots, plan.page_size
     rows = plan.slot_rows
     widths = _segment_widths(plan, attention_impl)
@@ -126,7 +135,8 @@ def compiled_paged(cfg: ModelConfig, sampling: SamplingParams, stops: StopCriter
     def run(params, prompt_PxLp, mask_PxLp, u_TxB, budgets_B):
         num_prompts, prompt_len = prompt_PxLp.shape
         batch = num_prompts * group_size
-        logits_PxV, cache = _prefill(cfg, params, prompt_PxLp, mask_PxLp, plan.prefill_chunk)
+        logits_PxV, cache, prompt_experts_PxLpxYxA = _prefill(
+            cfg, params, prompt_PxLp, mask_PxLp, plan.prefill_chunk, record_experts)
         prompt_len_P = jnp.sum(mask_PxLp, axis=1, dtype=jnp.int32)
         pools, prompt_table_PxM, prompt_pages_P, used = _pages_of_prompts(
             cfg, cache, prompt_len_P, plan, plan.kv_pages - slots * plan.generated_pages if rows
@@ -164,6 +174,8 @@ def compiled_paged(cfg: ModelConfig, sampling: SamplingParams, stops: StopCriter
             preemptions=jnp.zeros((), jnp.int32),
             pools=pools,
         )
+        if record_experts:
+            state["experts_BxTxYxA"] = router_replay.empty_record(cfg, batch, T)
         # Fused q/k/v and gate/up save kernel calls on CPU; elsewhere they would copy the weights.
         weights = decode.prepare_weights(cfg, params, fuse=jax.default_backend() == "cpu")
         rope_all = rope_tables(cfg, jnp.arange(prompt_len + T, dtype=jnp.int32),
@@ -263,9 +275,8 @@ def compiled_paged(cfg: ModelConfig, sampling: SamplingParams, stops: StopCriter
                 return out, (k_pool, v_pool)
 
             token_S = s["tokens_BxT"][b0_S, fed_S]
-            logits_SxV, pools = decode.decode_step_with(cfg, weights, token_S, rope,
-                                                        attend_rows if rows else attend,
-                                                        s["pools"])
+            logits_SxV, pools, experts_SxYxA = decode.decode_step_with(
+                cfg, weights, token_S, rope, attend_rows if rows else attend, s["pools"])
             new_S, logprob_S = draw(jnp.minimum(t_S, T - 1), b0_S, logits_SxV)
             recent_SxM = jnp.where(advance_S[:, None], jnp.concatenate(
                 [s["recent_SxM"][:, 1:], new_S[:, None]], axis=1), s["recent_SxM"])
@@ -288,6 +299,9 @@ def compiled_paged(cfg: ModelConfig, sampling: SamplingParams, stops: StopCriter
                 slot_t_S=t_S + advance_S,
                 recent_SxM=recent_SxM,
             )
+            if record_experts:
+                s["experts_BxTxYxA"] = router_replay.record_slots(
+                    s["experts_BxTxYxA"], experts_SxYxA, row_S, fed_S)
             # Every running slot waits for a page: preempt the newest sample.
             stuck = jnp.any(active_S) & ~jnp.any(advance_S)
             evict_S = stuck & (s_S == jnp.argmax(jnp.where(active_S, b_S, -1)))
@@ -323,8 +337,11 @@ def compiled_paged(cfg: ModelConfig, sampling: SamplingParams, stops: StopCriter
         # A preempted sample's abandoned tail is padding again.
         tokens_BxT = jnp.where(mask_BxT, s["tokens_BxT"], pad_id)
         logprobs_BxT = jnp.where(mask_BxT, s["logprobs_BxT"], 0.0)
-        return (tokens_BxT, s["lengths_B"], mask_BxT, logprobs_BxT, s["stopped_B"],
-                1 + s["step"], batch + s["step"] * slots, s["peak_pages"], s["preemptions"])
+        out = (tokens_BxT, s["lengths_B"], mask_BxT, logprobs_BxT, s["stopped_B"])
+        if record_experts:
+            out += (prompt_experts_PxLpxYxA, s["experts_BxTxYxA"])
+        return out + (1 + s["step"], batch + s["step"] * slots, s["peak_pages"],
+                      s["preemptions"])
 
     def run_single(params, prompt_PxLp, mask_PxLp, budgets_B, rng):
         u_TxB = step_uniforms(rng, sampling, T, prompt_PxLp.shape[0] * group_size)
@@ -333,9 +350,12 @@ def compiled_paged(cfg: ModelConfig, sampling: SamplingParams, stops: StopCriter
     def run_sharded(params, prompt_PxLp, mask_PxLp, budgets_B, rng):
         """Each batch shard schedules its own slots over its own pool."""
         u_TxB = step_uniforms(rng, sampling, T, prompt_PxLp.shape[0] * group_size)
+        rows_out = 7 if record_experts else 5
         out = on_each_shard(run, sharding, params, prompt_PxLp, mask_PxLp, budgets_B, u_TxB,
-                            max_new_tokens=T, row_outputs=5, scalar_outputs=4)
-        return out[:5] + (jnp.max(out[5]), jnp.sum(out[6]), jnp.sum(out[7]), jnp.sum(out[8]))
+                            max_new_tokens=T, row_outputs=rows_out, scalar_outputs=4)
+        steps, slot_steps, peak, preemptions = out[rows_out:]
+        return out[:rows_out] + (jnp.max(steps), jnp.sum(slot_steps), jnp.sum(peak),
+                                 jnp.sum(preemptions))
 
     return jax.jit(run_single if sharding is None else run_sharded)
 
