@@ -20,7 +20,8 @@ Real scale (the paper's recipe; arguments are ``key=value`` after a colon):
 ckpt=/models/Qwen2.5-Math-7B,train=/data/math_train.jsonl,test=/data/math500.jsonl
 
 ``model`` is an r1jax preset (qwen2.5-math-1.5b, qwen2.5-math-7b, qwen2.5-1.5b, qwen2.5-7b,
-qwen2.5-32b, llama3.1-8b, llama3.3-70b, qwen3-30b-a3b) and ``ckpt`` the matching Hugging Face checkpoint directory
+qwen2.5-32b, llama3.1-8b, llama3.3-70b, qwen3-30b-a3b, deepseek-v2-lite) and ``ckpt`` the
+matching Hugging Face checkpoint directory
 (``huggingface-cli download Qwen/Qwen2.5-Math-7B --local-dir /models/Qwen2.5-Math-7B``). The
 architecture and the tokenizer come from the checkpoint (``config.json``, ``tokenizer.json``); the
 preset must agree with it (the error names both) and lets ``launch/aot.py`` size the run without
@@ -54,6 +55,14 @@ base far weaker than the dense one (600 pretraining steps), its routing unbalanc
 Qwen3-30B-A3B-Base (128 experts, top-8) with an expert axis of 8 (``expert=``) and FSDP over the
 rest; check the fit first:
 ``python launch/aot.py --config=experiments/r1_zero.py:model=qwen3-30b-a3b --topology=v5p:4x4x2``.
+``model=deepseek-v2-lite`` is the recipe on a DeepSeek-V2-Lite-shaped base (15.7B parameters,
+Multi-head Latent Attention with a 512-wide latent cache, 64 routed experts top-6 plus 2 shared,
+the first layer dense), also with an expert axis of 8 (8 experts per device) and FSDP over the
+rest. Its config.json counts 163,840 positions (YaRN's 40 × 4,096) but the model was trained to
+32k, so its budget is 1,024 + 31,744 tokens. Its rollout uses the lockstep engine: the paged one
+does not page MLA's latent cache. The checkpoint's config.json must say ``model_type:
+deepseek_v3`` with ``scoring_func: softmax`` and ``topk_method: greedy``, as r1jax writes this
+architecture (the released one says ``deepseek_v2``, which the loader refuses).
 """
 import os
 
@@ -152,21 +161,27 @@ def tiny(values):
 HF_REPOS = {"qwen2.5-math-1.5b": "Qwen2.5-Math-1.5B", "qwen2.5-math-7b": "Qwen2.5-Math-7B",
             "qwen2.5-1.5b": "Qwen2.5-1.5B", "qwen2.5-7b": "Qwen2.5-7B",
             "qwen2.5-32b": "Qwen2.5-32B", "llama3.1-8b": "Llama-3.1-8B",
-            "llama3.3-70b": "Llama-3.3-70B-Instruct", "qwen3-30b-a3b": "Qwen3-30B-A3B-Base"}
+            "llama3.3-70b": "Llama-3.3-70B-Instruct", "qwen3-30b-a3b": "Qwen3-30B-A3B-Base",
+            "deepseek-v2-lite": "DeepSeek-V2-Lite"}
 
 # Positions of each base (max_position_embeddings of the presets in r1jax/models/config.py, which
 # are the checkpoints' config.json values; tests/test_experiments.py checks they agree).
 CONTEXT = {"qwen2.5-math-1.5b": 4096, "qwen2.5-math-7b": 4096, "qwen2.5-1.5b": 131_072,
            "qwen2.5-7b": 131_072, "qwen2.5-32b": 131_072, "llama3.1-8b": 131_072,
-           "llama3.3-70b": 131_072, "qwen3-30b-a3b": 40_960}
+           "llama3.3-70b": 131_072, "qwen3-30b-a3b": 40_960, "deepseek-v2-lite": 163_840}
+# Where a base was trained on fewer positions than its config.json allows: DeepSeek-V2-Lite's
+# 163,840 are YaRN's 40 × 4,096 stretch, but its long-context training went to 32k (model card).
+TRAINED_CONTEXT = {"deepseek-v2-lite": 32_768}
 PROMPT_TOKENS = 1024
 PAPER_NEW_TOKENS = 32_768  # DeepSeek-R1's generation budget
 
 
 def budget(model):
     """``(prompt tokens, new tokens)`` for a base: the paper's 32,768 new tokens where the context
-    holds them after the prompt, else the rest of the context (Qwen2.5-Math: 1,024 + 3,072)."""
-    return PROMPT_TOKENS, min(PAPER_NEW_TOKENS, CONTEXT[model] - PROMPT_TOKENS)
+    holds them after the prompt, else the rest of the context (Qwen2.5-Math: 1,024 + 3,072;
+    DeepSeek-V2-Lite, trained to 32k: 1,024 + 31,744)."""
+    context = min(CONTEXT[model], TRAINED_CONTEXT.get(model, CONTEXT[model]))
+    return PROMPT_TOKENS, min(PAPER_NEW_TOKENS, context - PROMPT_TOKENS)
 
 
 def paper(model, values):
@@ -182,9 +197,11 @@ def paper(model, values):
         data=dict(train=values.get("train", "/data/train.jsonl"),
                   test=values.get("test", "/data/math500.jsonl"), num_test=500,
                   template="r1_zero", max_prompt_tokens=prompt_tokens),
-        # Thousands of tokens, long-tailed: continuous batching over a paged cache.
+        # Thousands of tokens, long-tailed: continuous batching over a paged cache; the paged
+        # engine does not page MLA's latent cache, so DeepSeek models decode in lockstep.
         rollout=dict(max_new_tokens=new_tokens, temperature=1.0,
-                     engine=dict(kind="paged", page_size=64)),
+                     engine=dict(kind="lockstep" if model in MLA_MODELS else "paged",
+                                 page_size=64)),
         grpo=dict(
             group_size=16, temperature=1.0, num_minibatches=16, num_iterations=1,
             num_microbatches=1, ref_update_interval=400,
@@ -197,12 +214,14 @@ def paper(model, values):
                   max_new_tokens=new_tokens),
         checkpoint=dict(every=50, max_to_keep=3, keep_best=True),
         # Mixtures of experts: their experts (and the batch) over an expert axis, FSDP over the
-        # rest; 8 splits Qwen3-30B-A3B's 128 experts into groups of 16.
+        # rest; 8 splits Qwen3-30B-A3B's 128 experts into groups of 16, DeepSeek-V2-Lite's 64
+        # into groups of 8.
         mesh=dict(data=1, fsdp=-1, tensor=1, expert=8 if model in MOE_MODELS else 1),
     )
 
 
-MOE_MODELS = ("qwen3-30b-a3b",)
+MOE_MODELS = ("qwen3-30b-a3b", "deepseek-v2-lite")
+MLA_MODELS = ("deepseek-v2-lite",)  # Multi-head Latent Attention: a latent cache
 
 
 def _merge(into, update):

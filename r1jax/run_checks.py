@@ -171,8 +171,8 @@ def grpo_problems(cfg: Any, model_cfg: ModelConfig, sharding: Sharding,
                         f"model ({model_cfg.model_type}) is dense and has none; set "
                         "grpo.router_replay=False")
     if cfg.rollout.engine.kind == "paged" and model_cfg.is_mla:
-        # ``rollout.generate`` refuses it too, but only at the first rollout, after the weights
-        # are loaded and the update compiled.
+        # ``rollout.generate`` refuses it too, but only when the first rollout is sampled, past
+        # start-up; named here, the run stops before it compiles anything.
         problems.append(f"rollout.engine.kind = 'paged' does not page Multi-head Latent "
                         f"Attention's latent cache ({model_cfg.model_type}); set "
                         "rollout.engine.kind=lockstep")

@@ -9,6 +9,7 @@ _flag = "--xla_force_host_platform_device_count=8"
 if _flag not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
 
+import gc  # noqa: E402
 import shutil  # noqa: E402
 
 import jax  # noqa: E402  (must come after the environment is set)
@@ -17,6 +18,17 @@ import pytest  # noqa: E402
 from r1jax import hf, models  # noqa: E402
 from r1jax.data import R1_ZERO, SyntheticConfig, synthetic  # noqa: E402
 from r1jax.tokenizer import train_sentencepiece  # noqa: E402
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_compiled_programs():
+    """Drop each module's compiled programs when it ends. An XLA:CPU executable holds several
+    memory mappings for its code; a session that kept every module's programs passed the
+    kernel's limit (vm.max_map_count, 65,530) about nine tenths of the way through the suite,
+    and the next compile died in LLVM (SIGSEGV in CI, SIGABRT here)."""
+    yield
+    jax.clear_caches()
+    gc.collect()
 
 
 @pytest.fixture(scope="session")

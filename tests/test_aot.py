@@ -1,8 +1,10 @@
 """launch/aot.py and r1jax.rl.aot: will a run fit a TPU slice? Compiled here for the topology.
 
-Which programs a step runs is checked without compiling; the fit checks compile for a v5e 2×2
-topology with libtpu (skipped without it): the tiny model fits, a 7B recipe does not, and a budget
-past the model's positions is refused before anything compiles.
+Which programs a step runs, and the verdict's logic, are checked without compiling; the fit
+checks compile for a v5e 2×2 topology with libtpu (skipped without it): the tiny model fits, a 7B
+recipe does not, a budget past the model's positions is refused before anything compiles, and the
+expert-parallel recipes' programs compile (the DeepSeek one's rollout on the lockstep engine over
+the latent cache; the paged engine is refused for it).
 """
 import json
 import os
@@ -157,16 +159,17 @@ def test_budget_past_the_models_positions_is_refused_before_compiling(monkeypatc
 
 
 def test_expert_parallel_tiny_moe_compiles_and_fits(tmp_path):
-    """``r1_zero.py:model=tiny-moe`` with its 8 experts over an expert axis of 4 (2 per chip):
-    the update (the expert-parallel shard_map forward and its gradient) and the rollout compile
-    for the TPU; the expert weights are split, so each chip holds less than the whole model."""
+    """``r1_zero.py:model=tiny-moe`` with its 8 experts over an expert axis of 4 (2 per chip) and
+    router replay: the update (the expert-parallel shard_map forward and its gradient, the
+    routing replayed) and the rollout (recording it) compile for the TPU; the expert weights are
+    split, so each chip holds less than the whole model."""
     pytest.importorskip("libtpu", reason="libtpu is not installed (pip install 'jax[tpu]')")
     out = tmp_path / "aot.json"
     # A preset without its checkpoint: the asset is not needed to size the run.
     done = _aot(f"{R1_ZERO}:model=tiny-moe,expert=4", "model.checkpoint=/nonexistent/tiny_moe",
                 "model.preset=tiny-moe", "mesh.data=1", "mesh.fsdp=-1", "prompts_per_step=4",
                 "grpo.group_size=4", "data.max_prompt_tokens=16", "rollout.max_new_tokens=16",
-                "eval.max_new_tokens=16", PALLAS,
+                "eval.max_new_tokens=16", "grpo.router_replay=True", PALLAS,
                 extra=[f"--json={out}", "--programs=rollout,grpo_step"])
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -178,3 +181,85 @@ def test_expert_parallel_tiny_moe_compiles_and_fits(tmp_path):
 
     whole = models.count_params(models.get_config("tiny-moe")) * 4  # float32 bytes
     assert report["state_bytes"]["parameters"] < whole / 2
+
+
+def test_router_replay_counts_the_expert_record_in_the_rollout_and_the_batch():
+    """With ``grpo.router_replay`` the rollout returns every token's expert choices (uint8 for
+    Qwen3-30B-A3B's 128 experts) and the update batch carries them aligned with its tokens, so
+    the check counts them (nothing is compiled)."""
+    from r1jax.sharding import Sharding, make_mesh
+
+    spec = f"{R1_ZERO}:model=qwen3-30b-a3b,prompts=4,max_new_tokens=16"
+    sharding = Sharding(make_mesh({"fsdp": -1}))
+    replayed = _config(spec, **{"data.max_prompt_tokens": 16, "grpo.router_replay": True})
+    model_cfg, plan = aot.resolve_model(replayed), aot.plan_step(replayed)
+    rows, width = plan.rows, plan.prompt_width + 16
+    batch = aot.update_batch(replayed, model_cfg, plan, sharding, rows)
+    assert batch.experts_BxLxYxA.shape == (rows, width, 48, 8)
+    assert batch.experts_BxLxYxA.dtype == "uint8"
+    prompts, completions = aot.rollout_outputs(replayed, model_cfg, plan, sharding)[-2:]
+    assert prompts.shape == (4, plan.prompt_width, 48, 8) and completions.shape == (rows, 16, 48, 8)
+    plain = _config(spec, **{"data.max_prompt_tokens": 16})
+    assert aot.update_batch(plain, model_cfg, plan, sharding, rows).experts_BxLxYxA is None
+    assert len(aot.rollout_outputs(plain, model_cfg, plan, sharding)) == 7
+
+
+def test_verdict_needs_every_phase_compiled_and_within_the_chip():
+    """The verdict from the phases alone (nothing compiled): fits only when every phase of the
+    run was compiled and each peak is within HBM; unknown when some were left out; does not
+    fit when a peak is over or XLA refused a program, whatever was left out."""
+    gib = 2**30
+    shapes = dict(prompts=4, group_size=4, prompt_width=16, max_new_tokens=16, minibatches=1,
+                  minibatch_rows=16, iterations=1)
+    rollout = aot.ProgramMemory("rollout", 3 * gib, 0, 0, 4 * gib, 0, compile_s=150.0)
+
+    def report(resident, program=rollout, skipped=(), hbm=16 * gib):
+        phase = aot.Phase(program.name, "1/step", program, (("optimizer state", resident),))
+        return aot.AOTReport("v5e:2x2", 4, "m", 1, shapes, dict(parameters=3 * gib,
+                             optimizer=resident, reference=0), (phase,), hbm, skipped)
+
+    fits = report(8 * gib)
+    assert fits.fits() is True and fits.verdict().endswith("fits in 16.00 GiB of HBM")
+    assert "compiled here in: rollout 2.5 min" in fits.table()
+    partial = report(8 * gib, skipped=("grpo_step",))
+    assert partial.fits() is None and "not compiled: grpo_step" in partial.verdict()
+    over = report(10 * gib, skipped=("grpo_step",))  # 17 GiB: over, even with a phase left out
+    assert over.fits() is False and "DOES NOT FIT in 16.00 GiB of HBM (1.00 GiB over)" in \
+        over.verdict()
+    refused = aot.ProgramMemory("rollout", 0, 0, 0, 0, 0, 40 * gib, "RESOURCE_EXHAUSTED")
+    assert report(0, refused).fits() is False
+    assert report(8 * gib, hbm=None).fits() is None
+
+
+def test_deepseek_recipe_rollout_compiles_with_the_latent_cache(tmp_path):
+    """``r1_zero.py:model=deepseek-v2-lite`` with its base swapped for the tiny-deepseek preset
+    (MLA, 8 experts top-2, a shared expert) and its experts over an expert axis of 4: the
+    rollout compiles for the TPU with the lockstep engine over the latent cache, which the
+    recipe picks for an MLA model; the paged engine, which does not page the latent cache, is
+    refused before compiling. Only the rollout is compiled (CI has 2 cores; the update of an
+    expert-parallel model is compiled by the tiny-moe test above), so there is no verdict."""
+    pytest.importorskip("libtpu", reason="libtpu is not installed (pip install 'jax[tpu]')")
+    spec = f"{R1_ZERO}:model=deepseek-v2-lite,expert=4,prompts=4,group=4,max_new_tokens=16"
+    shrunk = {"model.preset": "tiny-deepseek", "model.checkpoint": "/nonexistent/deepseek",
+              "data.max_prompt_tokens": 16, "eval.max_new_tokens": 16,
+              "grpo.num_minibatches": 2}
+    paged = _config(spec, **shrunk, **{"rollout.engine.kind": "paged"})
+    with pytest.raises(aot.BudgetError, match="set rollout.engine.kind=lockstep"):
+        aot.compile_for_topology(paged, "v5e:2x2")
+    out = tmp_path / "aot.json"
+    done = _aot(spec, *[f"{k}={v}" for k, v in shrunk.items()],
+                extra=[f"--json={out}", "--programs=rollout"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["model"] == "tiny-deepseek" and report["chips"] == 4
+    # β > 0: the reference reset is counted beside the compiled rollout.
+    assert [p["name"] for p in report["phases"]] == ["rollout", "ref_reset"]
+    assert report["skipped"] == ["old_logprobs", "ref_logprobs", "grpo_step", "eval_rollout"]
+    assert report["fits"] is None and "compiled here in: rollout" in done.stdout
+    rollout = report["phases"][0]
+    assert rollout["program"]["compile_s"] > 0 and rollout["peak_bytes"] < report["hbm_bytes"]
+    from r1jax import models
+
+    # bfloat16 weights, the experts split four ways: each chip holds less than the whole.
+    whole = models.count_params(models.get_config("tiny-deepseek")) * 2
+    assert report["state_bytes"]["parameters"] < whole

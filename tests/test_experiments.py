@@ -96,8 +96,11 @@ def test_r1_zero_budgets_fit_the_presets_contexts():
     for model, context in r1_zero.CONTEXT.items():
         assert models.get_config(model).max_position_embeddings == context, model
         prompt, new = r1_zero.budget(model)
-        assert prompt + new <= context
-        assert (prompt, new) == ((1024, 3072) if context == 4096 else (1024, 32_768)), model
+        # DeepSeek-V2-Lite was trained to 32k of its config's 163,840 positions.
+        trained = min(context, r1_zero.TRAINED_CONTEXT.get(model, context))
+        assert prompt + new <= trained
+        assert (prompt, new) == {4096: (1024, 3072), 32_768: (1024, 31_744)}.get(
+            trained, (1024, 32_768)), model
 
 
 def test_moe_r1_zero_variants_load_with_their_base_and_expert_axis():
@@ -117,6 +120,12 @@ def test_moe_r1_zero_variants_load_with_their_base_and_expert_axis():
     assert real.mesh.fsdp == -1 and real.rollout.max_new_tokens == 32_768
     assert _validate(load_experiment(os.path.join(
         EXPERIMENTS, "r1_zero.py:model=qwen3-30b-a3b"))).mesh.expert == 8
+    assert real.rollout.engine.kind == "paged"
+    # MLA: the paged engine does not page the latent cache, so the recipe decodes in lockstep.
+    lite = _validate(load_experiment(os.path.join(EXPERIMENTS,
+                                                  "r1_zero.py:model=deepseek-v2-lite")))
+    assert lite.model.preset == "deepseek-v2-lite" and lite.mesh.expert == 8
+    assert lite.rollout.engine.kind == "lockstep" and lite.rollout.max_new_tokens == 31_744
 
 
 def test_r1_real_rl_stages_are_the_r1_zero_recipe_on_the_test_set():

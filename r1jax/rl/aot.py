@@ -10,7 +10,9 @@ decides them:
 
 * ``rollout``: the program of the run's rollout engine (``rollout.engine``): the lockstep one
   (``r1jax.rollout.lockstep.compiled_rollout``: prefill, then the dense KV-cache decode) or the
-  paged one (``r1jax.rollout.paged.compiled_paged``: its pool sized by ``paged.plan``);
+  paged one (``r1jax.rollout.paged.compiled_paged``: its pool sized by ``paged.plan``). The
+  paged engine does not page an MLA model's latent cache: a DeepSeek run decodes in lockstep
+  (the R1-Zero recipe picks it), and the start-up check refuses the paged one, here as there;
 * ``old_logprobs``: ``r1jax.rl.step.rollout_logprobs`` with the policy, once per rollout when the
   batch is reused (several minibatches or iterations) and ``grpo.old_logprobs="recompute"``;
 * ``ref_logprobs``: the same program with the reference, when β > 0 and the batch is reused
@@ -28,7 +30,8 @@ previous step's while the next rollout runs), and the other programs' code. A ph
 chip is those plus its program's arguments, outputs (less those aliased to donated inputs) and
 temporaries; the run fits when every phase's peak fits the chip's HBM. Shapes are the largest a
 step can take: prompts padded to ``data.max_prompt_tokens``'s bucket, all ``max_new_tokens``
-completion columns.
+completion columns. With router replay (``grpo.router_replay``) the training rollout records every
+token's expert choices and the batch carries them into the log-prob forwards and the update.
 
 The train state is laid out as ``r1jax.optim.init_train_state`` lays it out (that program, compiled
 for the topology), so the optimizer moments are counted where the run puts them. XLA:TPU will not
@@ -53,6 +56,7 @@ import jax.numpy as jnp
 from r1jax import models, run_checks
 from r1jax.hf.config_io import load_config
 from r1jax.optim import init_train_state, make_optimizer
+from r1jax.models.moe import expert_index_dtype
 from r1jax.policy import check_architecture
 from r1jax.rl.aot_memory import (TPU_HBM_BYTES, AOTReport, BudgetError, CompileError, Phase,
                                  ProgramMemory, chip_bytes, compiler_options, program_memory,
@@ -213,27 +217,12 @@ def _compile(cfg, topology, model_cfg, plan: StepPlan, wanted, sharding: Shardin
     P = chip_bytes(params)
     O = chip_bytes(state) - P  # optimizer state and the step counters
     R = P if g.loss.beta > 0 else 0
-    ints = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32)  # noqa: E731
-    floats = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)  # noqa: E731
     T, Lp = plan.columns, plan.prompt_width
-
-    def batch_of(rows):
-        b = GRPOBatch(
-            ints(rows, Lp + T), ints(rows, Lp + T), ints(rows, T), floats(rows),
-            old_logp_BxT=None if plan.old_logprobs is None else floats(rows, T),
-            ref_logp_BxT=floats(rows, T) if plan.ref_program else None,
-            sampler_logp_BxT=floats(rows, T) if g.loss.tis_cap is not None else None)
-        return _sharded(b, sharding.rows(b))
-
+    batch_of = functools.partial(update_batch, cfg, model_cfg, plan, sharding)
     full = batch_of(plan.rows)
     field = {f.name: chip_bytes(getattr(full, f.name)) for f in dataclasses.fields(full)}
     B = sum(field.values())
-    # The step's Rollout (tokens, lengths, mask, log-probs, stopped; prompts and their mask),
-    # rows over the batch axes as the sampler lays them out.
-    bools = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.bool_)  # noqa: E731
-    out = (ints(plan.rows, T), ints(plan.rows), bools(plan.rows, T), floats(plan.rows, T),
-           bools(plan.rows), ints(cfg.prompts_per_step, Lp), ints(cfg.prompts_per_step, Lp))
-    E = chip_bytes(_sharded(out, sharding.rows(out)))
+    E = chip_bytes(rollout_outputs(cfg, model_cfg, plan, sharding))
 
     stops = StopCriteria.build([model_cfg.eos_token_id] if model_cfg.eos_token_id is not None
                                else [], [])
@@ -242,7 +231,7 @@ def _compile(cfg, topology, model_cfg, plan: StepPlan, wanted, sharding: Shardin
             model_cfg, params, sharding, platform, stops,
             SamplingParams(cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.top_k),
             g.group_size, cfg.rollout.max_new_tokens, cfg.prompts_per_step, Lp,
-            cfg.rollout.engine),
+            cfg.rollout.engine, g.router_replay),
         "grpo_step": lambda: jax.jit(
             functools.partial(grpo_step, cfg=g, model_cfg=model_cfg, optimizer=optimizer,
                               sharding=sharding),
@@ -263,11 +252,12 @@ def _compile(cfg, topology, model_cfg, plan: StepPlan, wanted, sharding: Shardin
         rollout_logprobs, model_cfg=model_cfg, completion_length=T, temperature=g.temperature,
         impl=g.logprob_impl, sharding=sharding))
     lowerings["old_logprobs"] = lowerings["ref_logprobs"] = lambda: logprobs.lower(
-        params, full.tokens_BxL, full.attention_mask_BxL)
+        params, full.tokens_BxL, full.attention_mask_BxL, experts_BxLxYxA=full.experts_BxLxYxA)
     programs: dict[str, ProgramMemory] = {}
     for name in wanted:
         shared = programs.get("old_logprobs") if name == "ref_logprobs" else None
-        programs[name] = (dataclasses.replace(shared, name=name) if shared else
+        # The same executable: its compile time is counted once, under old_logprobs.
+        programs[name] = (dataclasses.replace(shared, name=name, compile_s=0.0) if shared else
                           program_memory(name, lowerings[name]))
 
     # Every compiled program stays loaded (jit caches it); old and reference log-probs share one.
@@ -289,7 +279,8 @@ def _compile(cfg, topology, model_cfg, plan: StepPlan, wanted, sharding: Shardin
                          ("rest of the batch", before_old)],
         "ref_logprobs": [("parameters", P), ("optimizer state", O), ("rollout", E),
                          ("rest of the batch", B - field["tokens_BxL"]
-                          - field["attention_mask_BxL"] - field["ref_logp_BxT"])],
+                          - field["attention_mask_BxL"] - field["experts_BxLxYxA"]
+                          - field["ref_logp_BxT"])],
         # With one minibatch the minibatch is the batch: the update's own arguments.
         "grpo_step": [("reference", R if plan.ref_program else 0), ("rollout", E),
                       ("update batch", B if g.num_minibatches > 1 else 0)],
@@ -320,10 +311,50 @@ def _compile(cfg, topology, model_cfg, plan: StepPlan, wanted, sharding: Shardin
                      TPU_HBM_BYTES.get(generation) if platform == "tpu" else None)
 
 
+def update_batch(cfg: GRPORunConfig, model_cfg: models.ModelConfig, plan: StepPlan,
+                 sharding: Sharding, rows: int) -> GRPOBatch:
+    """The update's batch of ``rows`` rows (abstract, rows over the batch axes) as the trainer
+    builds it: the log-probs the plan needs and, for router replay, the sampler's expert choices
+    aligned with the tokens (``r1jax.rl.batch``)."""
+    T, L = plan.columns, plan.prompt_width + plan.columns
+    ints = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32)  # noqa: E731
+    floats = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)  # noqa: E731
+    b = GRPOBatch(
+        ints(rows, L), ints(rows, L), ints(rows, T), floats(rows),
+        old_logp_BxT=None if plan.old_logprobs is None else floats(rows, T),
+        ref_logp_BxT=floats(rows, T) if plan.ref_program else None,
+        sampler_logp_BxT=floats(rows, T) if cfg.grpo.loss.tis_cap is not None else None,
+        experts_BxLxYxA=_expert_record(model_cfg, rows, L) if cfg.grpo.router_replay else None)
+    return _sharded(b, sharding.rows(b))
+
+
+def rollout_outputs(cfg: GRPORunConfig, model_cfg: models.ModelConfig, plan: StepPlan,
+                    sharding: Sharding) -> tuple:
+    """The step's Rollout (tokens, lengths, mask, log-probs, stopped; prompts and their mask;
+    for router replay the prompts' and the completions' expert choices), abstract, rows over
+    the batch axes as the sampler lays them out."""
+    rows, prompts, T, Lp = plan.rows, cfg.prompts_per_step, plan.columns, plan.prompt_width
+    of = jax.ShapeDtypeStruct
+    out = (of((rows, T), jnp.int32), of((rows,), jnp.int32), of((rows, T), jnp.bool_),
+           of((rows, T), jnp.float32), of((rows,), jnp.bool_), of((prompts, Lp), jnp.int32),
+           of((prompts, Lp), jnp.int32))
+    if cfg.grpo.router_replay:
+        out += (_expert_record(model_cfg, prompts, Lp), _expert_record(model_cfg, rows, T))
+    return _sharded(out, sharding.rows(out))
+
+
+def _expert_record(model_cfg: models.ModelConfig, rows: int, length: int):
+    """``[rows, length, Y, A]`` expert choices, as ``r1jax.rollout.router_replay`` records them."""
+    shape = (rows, length, model_cfg.num_moe_layers, model_cfg.num_experts_per_tok)
+    return jax.ShapeDtypeStruct(shape, expert_index_dtype(model_cfg.n_routed_experts))
+
+
 def _lower_rollout(model_cfg, params, sharding: Sharding, platform: str, stops: StopCriteria,
                    sampling: SamplingParams, group_size: int, max_new_tokens: int,
-                   num_prompts: int, prompt_width: int, engine: EngineSettings):
-    """The rollout program ``rollout.generate`` runs for this engine, lowered."""
+                   num_prompts: int, prompt_width: int, engine: EngineSettings,
+                   record_experts: bool = False):
+    """The rollout program ``rollout.generate`` runs for this engine, lowered (recording the
+    expert choices for router replay: the training rollout's, not the evaluation's)."""
     shape = (num_prompts, prompt_width)
     if engine.kind == "paged":
         shards = batch_shards(sharding, num_prompts)
@@ -331,10 +362,11 @@ def _lower_rollout(model_cfg, params, sharding: Sharding, platform: str, stops: 
                           decode_slots=engine.decode_slots, page_size=engine.page_size,
                           kv_pages=engine.kv_pages, shards=shards)
         fn = paged.compiled_paged(model_cfg, sampling, stops, group_size, max_new_tokens, 0, pool,
-                                  sharding if shards > 1 else None)
+                                  sharding if shards > 1 else None,
+                                  record_experts=record_experts)
     else:
         fn = compiled_rollout(model_cfg, sampling, stops, group_size, max_new_tokens, 0,
-                              sharding, platform == "cpu")
+                              sharding, platform == "cpu", record_experts)
     ids = jax.ShapeDtypeStruct(shape, jnp.int32, sharding=sharding.named(("batch", "length"),
                                                                           shape))
     rows = (num_prompts * group_size,)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import time
 
 import jax
 import numpy as np
@@ -34,6 +35,7 @@ class ProgramMemory:
     code_bytes: int
     required_bytes: int | None = None
     note: str = ""
+    compile_s: float = 0.0  # lowering and compiling it here, wall clock (big MoE: minutes)
 
     @property
     def refused(self) -> bool:
@@ -140,7 +142,7 @@ class AOTReport:
 
     def table(self) -> str:
         lines = self._header()
-        widths = (14, 16, 11, 11, 11, 13, 17)
+        widths = (14, 16, 11, 11, 11, 13, 20)  # room for "1060.07 GiB (XLA)"
         head = ("phase", "runs", "resident", "arguments", "outputs", "temporaries", "peak")
         lines.append(head[0].ljust(widths[0]) + "".join(h.rjust(w) for h, w in
                                                         zip(head[1:], widths[1:])))
@@ -155,6 +157,9 @@ class AOTReport:
                                                      if n))
             if p.program.refused:
                 lines.append(f"  {p.name}: XLA:TPU refused to compile it: {p.program.note}")
+        timed = [f"{m.name} {_duration(m.compile_s)}" for m in self.programs if m.compile_s]
+        if timed:
+            lines.append("compiled here in: " + ", ".join(timed))
         lines.append(self.verdict())
         return "\n".join(lines)
 
@@ -164,6 +169,10 @@ class AOTReport:
         for p in self.phases:
             lines.append("| " + " | ".join([p.name, p.runs] + self._cells(p)) + " |")
         return "\n".join(lines + ["", self.verdict()])
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
 def _gib(n: int) -> str:
@@ -200,6 +209,7 @@ def required_bytes(message: str) -> int | None:
 def program_memory(name: str, lower) -> ProgramMemory:
     """Lower and compile one program (``lower()`` returns its ``Lowered``) and read its bytes;
     a program XLA:TPU refuses for want of HBM is recorded with the total it says it needs."""
+    start = time.perf_counter()
     try:
         compiled = lower().compile()
     except Exception as e:  # XLA, Mosaic and tracing errors alike: name the program
@@ -209,13 +219,14 @@ def program_memory(name: str, lower) -> ProgramMemory:
             note = message.strip().splitlines()[0][:300]
             # Unparsed: at least one byte over any chip, so the verdict cannot read "fits".
             return ProgramMemory(name, 0, 0, 0, 0, 0, needed if needed is not None else 2**62,
-                                 note)
+                                 note, time.perf_counter() - start)
         raise CompileError(f"{name}: compiling it for the topology failed, and the run would "
                            f"fail there too: {type(e).__name__}: {e}") from e
     m = compiled.memory_analysis()
     return ProgramMemory(name, int(m.argument_size_in_bytes), int(m.output_size_in_bytes),
                          int(m.alias_size_in_bytes), int(m.temp_size_in_bytes),
-                         int(m.generated_code_size_in_bytes))
+                         int(m.generated_code_size_in_bytes),
+                         compile_s=time.perf_counter() - start)
 
 
 def chip_bytes(tree) -> int:
