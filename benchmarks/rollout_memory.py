@@ -64,7 +64,7 @@ import numpy as np  # noqa: E402
 
 from r1jax import models  # noqa: E402
 from r1jax.rl.aot import _sharded, tpu_devices, traced_for  # noqa: E402
-from r1jax.rl.aot_memory import (GiB, TPU_HBM_BYTES, CompileError, ProgramMemory,  # noqa: E402
+from r1jax.rl.aot_memory import (TPU_HBM_BYTES, CompileError, ProgramMemory,  # noqa: E402
                                  program_memory)
 from r1jax.rollout import paged  # noqa: E402
 try:  # the lockstep engine's own module, where there is one
@@ -76,7 +76,7 @@ from r1jax.rollout.stops import StopCriteria  # noqa: E402
 from r1jax.sharding import Sharding, make_mesh  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from xla_heap import (Compiled, WithOptions, extrapolate, need_bytes,  # noqa: E402,F401
+from xla_heap import (Compiled, WithOptions, extrapolate, gib, need_bytes,  # noqa: E402
                       read_heap_report)
 
 
@@ -167,10 +167,6 @@ def weight_bytes(cfg) -> int:
     return models.count_params(cfg) * jnp.dtype(cfg.weight_dtype).itemsize
 
 
-def _gib(n) -> str:
-    return f"{n / GiB:.2f}"
-
-
 def analytic_table(cfg, settings: list[KVSetting], chips: int, fsdp: int, hbm: int | None) -> str:
     whole = weight_bytes(cfg)
     sharded = whole // fsdp
@@ -182,17 +178,17 @@ def analytic_table(cfg, settings: list[KVSetting], chips: int, fsdp: int, hbm: i
                      for i, (h, w) in enumerate(zip(head, widths)))]
     for s in settings:
         kv = s.bytes_per_chip(cfg)
-        cells = (s.name, f"{s.tokens // s.shards:,}", _gib(kv), _gib(kv + sharded),
-                 fits(kv + sharded), _gib(kv + whole), fits(kv + whole))
+        cells = (s.name, f"{s.tokens // s.shards:,}", gib(kv), gib(kv + sharded),
+                 fits(kv + sharded), gib(kv + whole), fits(kv + whole))
         lines.append("".join(c.ljust(w) if i == 0 else c.rjust(w)
                              for i, (c, w) in enumerate(zip(cells, widths))))
     lines.append(f"KV per token {kv_bytes_per_token(cfg) / 2**10:.0f} KiB "
                  f"({cfg.num_layers} layers x 2 x {cfg.num_kv_heads} kv heads x {cfg.head_dim} x "
                  f"{jnp.dtype(cfg.activation_dtype).itemsize} B); weights "
                  f"{models.count_params(cfg) / 1e9:.2f}B params x "
-                 f"{jnp.dtype(cfg.weight_dtype).itemsize} B = {_gib(whole)} GiB whole, "
-                 f"{_gib(sharded)} GiB FSDP-sharded over {fsdp}; HBM "
-                 f"{'unknown' if hbm is None else _gib(hbm) + ' GiB'} per chip.")
+                 f"{jnp.dtype(cfg.weight_dtype).itemsize} B = {gib(whole)} GiB whole, "
+                 f"{gib(sharded)} GiB FSDP-sharded over {fsdp}; HBM "
+                 f"{'unknown' if hbm is None else gib(hbm) + ' GiB'} per chip.")
     lines.append("The lockstep engine keeps the parameters FSDP-sharded (+W/fsdp); the paged "
                  "engine's shard_map replicates them on every chip during the rollout (+W whole; "
                  "see the compiled temporaries).")
@@ -339,11 +335,11 @@ def program_row(label: str, p: ProgramMemory, seconds: str, kv: int | None, hbm,
     need = need_bytes(p, heap)
     fits = "-" if hbm is None else ("yes" if need <= hbm and not p.refused else "NO")
     if p.refused:
-        cells = ["-", "-", "-", "-" if heap is None else _gib(heap), "-", f"{_gib(need)}!"]
+        cells = ["-", "-", "-", "-" if heap is None else gib(heap), "-", f"{gib(need)}!"]
     else:
-        cells = [_gib(p.argument_bytes), _gib(p.new_output_bytes), _gib(p.temp_bytes),
-                 "-" if heap is None else _gib(heap), _gib(p.code_bytes), _gib(need)]
-    cells += ["-" if kv is None else _gib(kv), fits, seconds]
+        cells = [gib(p.argument_bytes), gib(p.new_output_bytes), gib(p.temp_bytes),
+                 "-" if heap is None else gib(heap), gib(p.code_bytes), gib(need)]
+    cells += ["-" if kv is None else gib(kv), fits, seconds]
     return label.ljust(46) + "".join(c.rjust(w) for c, (_, w) in zip(cells, _COLUMNS))
 
 
@@ -390,7 +386,7 @@ def compile_section(cfg, sharding: Sharding, devices, work: Workload, settings, 
             runs.append(run)
             kv_analytic = (setting or settings[0]).bytes_per_chip(small)
             check = "" if run.kv_carry_bytes == kv_analytic else (
-                f"  [jaxpr KV {_gib(run.kv_carry_bytes)} != analytic {_gib(kv_analytic)}]")
+                f"  [jaxpr KV {gib(run.kv_carry_bytes)} != analytic {gib(kv_analytic)}]")
             say(program_row(f"{label} [{n} layer{'s' * (n > 1)}]", run.program,
                             f"{run.seconds:.0f} s", run.kv_carry_bytes, hbm,
                             run.heap.total_bytes if run.heap else None) + check)

@@ -12,7 +12,8 @@ import numpy as np
 from r1jax.rl.aot_memory import GiB, ProgramMemory
 
 
-def _gib(n) -> str:
+def gib(n) -> str:
+    """Bytes as GiB to two places, without the unit (table cells)."""
     return f"{n / GiB:.2f}"
 
 
@@ -37,7 +38,7 @@ class HeapReport:
 
     def summary(self, top: int = 6) -> str:
         parts = [f"{n} x {_size(b)} ({shapes})" for n, b, shapes in self.groups[:top]]
-        return f"heap {_gib(self.total_bytes)} GiB; largest allocations: " + "; ".join(parts)
+        return f"heap {gib(self.total_bytes)} GiB; largest allocations: " + "; ".join(parts)
 
 
 _UNIT = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}

@@ -56,14 +56,13 @@ import jax.numpy as jnp
 from r1jax import models, run_checks
 from r1jax.hf.config_io import load_config
 from r1jax.optim import init_train_state, make_optimizer
-from r1jax.models.moe import expert_index_dtype
 from r1jax.policy import check_architecture
 from r1jax.rl.aot_memory import (TPU_HBM_BYTES, AOTReport, BudgetError, CompileError, Phase,
                                  ProgramMemory, chip_bytes, compiler_options, program_memory,
                                  required_bytes)  # noqa: F401  (read by tests and launch/aot.py)
 from r1jax.rl.run_config import RunConfig as GRPORunConfig
 from r1jax.rl.step import GRPOBatch, grpo_step, rollout_logprobs
-from r1jax.rollout import paged
+from r1jax.rollout import paged, router_replay
 from r1jax.rollout.engine import DEFAULT_PROMPT_BUCKETS, batch_shards, bucket_length
 from r1jax.rollout.lockstep import compiled_rollout
 from r1jax.sampling_request import EngineSettings
@@ -344,9 +343,8 @@ def rollout_outputs(cfg: GRPORunConfig, model_cfg: models.ModelConfig, plan: Ste
 
 
 def _expert_record(model_cfg: models.ModelConfig, rows: int, length: int):
-    """``[rows, length, Y, A]`` expert choices, as ``r1jax.rollout.router_replay`` records them."""
-    shape = (rows, length, model_cfg.num_moe_layers, model_cfg.num_experts_per_tok)
-    return jax.ShapeDtypeStruct(shape, expert_index_dtype(model_cfg.n_routed_experts))
+    """``[rows, length, Y, A]`` expert choices, abstract, as the rollout records them."""
+    return jax.eval_shape(lambda: router_replay.empty_record(model_cfg, rows, length))
 
 
 def _lower_rollout(model_cfg, params, sharding: Sharding, platform: str, stops: StopCriteria,
