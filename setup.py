@@ -29,6 +29,7 @@ EXTRAS = {
     # torch is pinned to the CPU wheel: an unpinned torch pulls multi-GB CUDA builds.
     "test": [
         "pytest>=8.0",
+        "pytest-xdist>=3.5",  # two workers: the suite is compile-bound, one core each
         "torch==2.13.0",
         "transformers>=4.51",
         "jax[tpu]>=0.10.0",

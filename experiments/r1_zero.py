@@ -59,8 +59,8 @@ rest; check the fit first:
 Multi-head Latent Attention with a 512-wide latent cache, 64 routed experts top-6 plus 2 shared,
 the first layer dense), also with an expert axis of 8 (8 experts per device) and FSDP over the
 rest. Its config.json counts 163,840 positions (YaRN's 40 × 4,096) but the model was trained to
-32k, so its budget is 1,024 + 31,744 tokens. Its rollout uses the lockstep engine: the paged one
-does not page MLA's latent cache. The checkpoint's config.json must say ``model_type:
+32k, so its budget is 1,024 + 31,744 tokens. Its rollout pages the latent cache (576 values per
+token per layer). The checkpoint's config.json must say ``model_type:
 deepseek_v3`` with ``scoring_func: softmax`` and ``topk_method: greedy``, as r1jax writes this
 architecture (the released one says ``deepseek_v2``, which the loader refuses).
 """
@@ -197,11 +197,10 @@ def paper(model, values):
         data=dict(train=values.get("train", "/data/train.jsonl"),
                   test=values.get("test", "/data/math500.jsonl"), num_test=500,
                   template="r1_zero", max_prompt_tokens=prompt_tokens),
-        # Thousands of tokens, long-tailed: continuous batching over a paged cache; the paged
-        # engine does not page MLA's latent cache, so DeepSeek models decode in lockstep.
+        # Thousands of tokens, long-tailed: continuous batching over a paged cache (MLA's
+        # latent cache for DeepSeek models).
         rollout=dict(max_new_tokens=new_tokens, temperature=1.0,
-                     engine=dict(kind="lockstep" if model in MLA_MODELS else "paged",
-                                 page_size=64)),
+                     engine=dict(kind="paged", page_size=64)),
         grpo=dict(
             group_size=16, temperature=1.0, num_minibatches=16, num_iterations=1,
             num_microbatches=1, ref_update_interval=400,
@@ -221,7 +220,6 @@ def paper(model, values):
 
 
 MOE_MODELS = ("qwen3-30b-a3b", "deepseek-v2-lite")
-MLA_MODELS = ("deepseek-v2-lite",)  # Multi-head Latent Attention: a latent cache
 
 
 def _merge(into, update):

@@ -179,20 +179,44 @@ PAGED_TARGET_BLOCK_TOKENS = 512
 PAGED_KV_BUFFER_BUDGET = 8 * 2**20
 
 
-def default_pages_per_block(page_size, max_pages, kv_heads, head_dim, itemsize):
-    """About ``PAGED_TARGET_BLOCK_TOKENS`` tokens per block, within the K/V buffer budget and M."""
-    per_page = 2 * 2 * kv_heads * page_size * head_dim * itemsize  # 2 pools x 2 slots
+def default_pages_per_block(page_size, max_pages, kv_heads, head_dim, itemsize, pools=2):
+    """About ``PAGED_TARGET_BLOCK_TOKENS`` tokens per block, within the K/V buffer budget and M
+    (``pools``: 1 when the keys are the values)."""
+    per_page = pools * 2 * kv_heads * page_size * head_dim * itemsize  # pools x 2 slots
     pages = max(1, PAGED_TARGET_BLOCK_TOKENS // page_size)
     pages = min(pages, max(1, PAGED_KV_BUFFER_BUDGET // per_page))
     return max(1, min(pages, max_pages))
 
 
 def paged_attention_vmem_bytes(kv_heads, num_queries, head_dim, page_size, pages_per_block,
-                               itemsize):
-    """Rough VMEM of one grid step: K/V buffers, q/out blocks, f32 state and block temporaries."""
+                               itemsize, pools=2):
+    """Rough VMEM of one grid step: K/V buffers (one pool's when the keys are the values), q/out
+    blocks, f32 state and block temporaries."""
     block_len = page_size * pages_per_block
-    kv_buffers = 2 * 2 * kv_heads * block_len * head_dim * itemsize
+    kv_buffers = pools * 2 * kv_heads * block_len * head_dim * itemsize
     q_out = 2 * 2 * kv_heads * max(num_queries, 8) * head_dim * itemsize
     state = kv_heads * max(num_queries, 8) * (head_dim + 2 * TPU_LANES) * 4
     temporaries = kv_heads * (4 * max(num_queries, 8) * block_len + 2 * block_len * head_dim) * 4
     return kv_buffers + q_out + state + temporaries
+
+
+def check_paged_tpu(page_size, num_seqs, max_pages, pages_per_block, smem_bytes):
+    """``ragged_paged_attention``'s TPU constraints: whole-tile pages, blocks within the table,
+    the scalar-prefetched table and lengths within ``smem_bytes`` of SMEM."""
+    name = "ragged_paged_attention(impl='pallas_tpu')"
+    if page_size % TPU_SUBLANES:
+        raise ValueError(f"{name}: page size P={page_size} must be a multiple of "
+                         f"{TPU_SUBLANES}: each page is DMAed to a row offset of a VMEM "
+                         "buffer, which must fall on a whole (8, 128) tile.")
+    if pages_per_block > max_pages:
+        raise ValueError(f"{name}: pages_per_block={pages_per_block} exceeds the table's "
+                         f"M={max_pages} pages per sequence.")
+    # Four 1-D int32 arrays are prefetched into SMEM, each padded to 1024-word tiles; leave
+    # Mosaic a little for its own scalars.
+    words = lambda n: -(-n // 1024) * 1024  # noqa: E731
+    smem = 4 * (words(num_seqs * max_pages) + 3 * words(num_seqs))
+    if smem > smem_bytes - 16 * 2**10:
+        raise ValueError(f"{name}: the page table (S={num_seqs} x M={max_pages} int32, "
+                         f"{smem / 2**10:.0f} KiB with the lengths) does not fit in SMEM "
+                         f"({smem_bytes / 2**10:.0f} KiB); call it on fewer "
+                         "sequences at a time or use larger pages.")

@@ -8,7 +8,9 @@ whose generated tokens start on a fresh page.  Then, per kv head k and each of i
 
     out = softmax_valid(q . k) @ v        (f32 softmax; no 1/sqrt(E): the caller folds it into q)
 
-An idle slot (kv_len 0) gives 0.  Entries of a page table past ``ceil(kv_len / P)`` are never
+Without v pages (``v_pages=None``) the key pages are the values too: Multi-head Latent Attention
+attends with one head whose entries (latent and rope key) are both, and each page is then read
+once (one DMA, one VMEM buffer on TPU).  An idle slot (kv_len 0) gives 0.  Entries of a page table past ``ceil(kv_len / P)`` are never
 used: whatever pages they name, and whatever those pages hold (NaN included), the output is the
 same.  Three implementations:
 
@@ -77,7 +79,8 @@ def ragged_paged_attention_reference(q_SxKxQxE, k_pages_KxNxPxE, v_pages_KxNxPxE
     page_size, max_pages = k_pages_KxNxPxE.shape[2], page_table_SxM.shape[1]
     length = max_pages * page_size
     k_KxSxLxE = k_pages_KxNxPxE[:, page_table_SxM].reshape(kv_heads, num_seqs, length, head_dim)
-    v_KxSxLxE = v_pages_KxNxPxE[:, page_table_SxM].reshape(kv_heads, num_seqs, length, head_dim)
+    v_KxSxLxE = k_KxSxLxE if v_pages_KxNxPxE is None else v_pages_KxNxPxE[:, page_table_SxM
+                                                                          ].reshape(k_KxSxLxE.shape)
     valid_SxL = _valid_SxL(kv_lens_S, hole_start_S, page_size, length)
     hi = lax.Precision.HIGHEST
     scores = jnp.einsum("skqe,ksle->skql", q_SxKxQxE.astype(jnp.float32),
@@ -114,7 +117,8 @@ def _xla_attention(q_SxKxQxE, k_pages_KxNxPxE, v_pages_KxNxPxE, page_table_SxM, 
 
     k_KxSxLxE = gather(k_pages_KxNxPxE)
     # Masking v fuses into its gather; a NaN in an unused page would otherwise meet p = 0.
-    v_KxSxLxE = jnp.where(valid_SxL[None, :, :, None], gather(v_pages_KxNxPxE), 0)
+    v_KxSxLxE = k_KxSxLxE if v_pages_KxNxPxE is None else gather(v_pages_KxNxPxE)
+    v_KxSxLxE = jnp.where(valid_SxL[None, :, :, None], v_KxSxLxE, 0)
     q_KxSxQxE = jnp.swapaxes(q_SxKxQxE, 0, 1)
     precision = _precision(q_SxKxQxE.dtype)
     scores = jnp.einsum("ksqe,ksle->ksql", q_KxSxQxE, k_KxSxLxE, precision=precision,
@@ -133,10 +137,14 @@ def _xla_attention(q_SxKxQxE, k_pages_KxNxPxE, v_pages_KxNxPxE, page_table_SxM, 
 
 
 def _kernel(table_ref, lens_ref, hole_lo_ref, hole_hi_ref,  # scalar prefetch, SMEM
-            q_ref, k_hbm, v_hbm,  # q block (K, Q, E); the pools stay in HBM
-            o_ref,
-            k_buf, v_buf, sems, m_sc, l_sc, acc_sc,  # scratch
-            *, page_size, pages_per_block, max_pages):
+            q_ref, *refs, page_size, pages_per_block, max_pages, shared):
+    # q block (K, Q, E); the pools stay in HBM; then the output block and the scratch. Shared
+    # (keys are values): one pool, one buffer.
+    if shared:
+        k_hbm, o_ref, k_buf, sems, m_sc, l_sc, acc_sc = refs
+        v_hbm, v_buf = k_hbm, k_buf
+    else:
+        k_hbm, v_hbm, o_ref, k_buf, v_buf, sems, m_sc, l_sc, acc_sc = refs
     s = pl.program_id(0)
     kv_len, hole_lo, hole_hi = lens_ref[s], hole_lo_ref[s], hole_hi_ref[s]
     block_len = pages_per_block * page_size
@@ -146,8 +154,12 @@ def _kernel(table_ref, lens_ref, hole_lo_ref, hole_hi_ref,  # scalar prefetch, S
     def page_copies(block, slot, j):
         page = table_ref[s * max_pages + block * pages_per_block + j]
         rows = pl.ds(j * page_size, page_size)
-        return (pltpu.make_async_copy(k_hbm.at[:, page], k_buf.at[slot, :, rows], sems.at[0, slot]),
-                pltpu.make_async_copy(v_hbm.at[:, page], v_buf.at[slot, :, rows], sems.at[1, slot]))
+        k_copy = pltpu.make_async_copy(k_hbm.at[:, page], k_buf.at[slot, :, rows],
+                                       sems.at[0, slot])
+        if shared:
+            return (k_copy,)
+        return k_copy, pltpu.make_async_copy(v_hbm.at[:, page], v_buf.at[slot, :, rows],
+                                             sems.at[1, slot])
 
     def each_used_page(block, slot, action):
         # Unrolled over the block's pages; a page past the sequence is neither copied nor waited.
@@ -233,22 +245,23 @@ def _tpu_attention(q_SxKxQxE, k_pages_KxNxPxE, v_pages_KxNxPxE, page_table_SxM, 
     # 1-D: SMEM pads a 2-D array's minor dim to a multiple of 128 words (M = 200 costs 256).
     table = page_table_SxM.astype(jnp.int32).reshape(-1)
     seq_block = pl.BlockSpec((None, kv_heads, num_queries, head_dim), lambda s, *_: (s, 0, 0, 0))
+    shared = v_pages_KxNxPxE is None
+    pools = (k_pages_KxNxPxE,) if shared else (k_pages_KxNxPxE, v_pages_KxNxPxE)
     need = bs.paged_attention_vmem_bytes(kv_heads, num_queries, head_dim, page_size,
-                                         pages_per_block, itemsize)
+                                         pages_per_block, itemsize, pools=len(pools))
     kernel = functools.partial(_kernel, page_size=page_size, pages_per_block=pages_per_block,
-                               max_pages=max_pages)
+                               max_pages=max_pages, shared=shared)
+    buffer = pltpu.VMEM((2, kv_heads, block_len, head_dim), k_pages_KxNxPxE.dtype)
     return pl.pallas_call(
         kernel,
         grid_spec=pltpu.PrefetchScalarGridSpec(
             num_scalar_prefetch=4,
             grid=(num_seqs,),
-            in_specs=[seq_block, pl.BlockSpec(memory_space=pl.ANY),
-                      pl.BlockSpec(memory_space=pl.ANY)],
+            in_specs=[seq_block] + [pl.BlockSpec(memory_space=pl.ANY)] * len(pools),
             out_specs=seq_block,
             scratch_shapes=[
-                pltpu.VMEM((2, kv_heads, block_len, head_dim), k_pages_KxNxPxE.dtype),
-                pltpu.VMEM((2, kv_heads, block_len, head_dim), v_pages_KxNxPxE.dtype),
-                pltpu.SemaphoreType.DMA((2, 2)),  # (pool, slot)
+                *[buffer] * len(pools),
+                pltpu.SemaphoreType.DMA((len(pools), 2)),  # (pool, slot)
                 pltpu.VMEM((kv_heads, num_queries, 1), jnp.float32),
                 pltpu.VMEM((kv_heads, num_queries, 1), jnp.float32),
                 pltpu.VMEM((kv_heads, num_queries, head_dim), jnp.float32),
@@ -262,10 +275,11 @@ def _tpu_attention(q_SxKxQxE, k_pages_KxNxPxE, v_pages_KxNxPxE, page_table_SxM, 
         cost_estimate=pl.CostEstimate(
             flops=4 * num_seqs * kv_heads * num_queries * max_pages * page_size * head_dim,
             transcendentals=num_seqs * kv_heads * num_queries * max_pages * page_size,
-            bytes_accessed=2 * num_seqs * max_pages * page_size * kv_heads * head_dim * itemsize),
+            bytes_accessed=len(pools) * num_seqs * max_pages * page_size * kv_heads * head_dim
+            * itemsize),
         interpret=interpret,
         name="ragged_paged_attention",
-    )(table, kv_lens_S, hole_lo_S, hole_hi_S, q_SxKxQxE, k_pages_KxNxPxE, v_pages_KxNxPxE)
+    )(table, kv_lens_S, hole_lo_S, hole_hi_S, q_SxKxQxE, *pools)
 
 
 # ----------------------------------------------------------------------------- public API
@@ -286,6 +300,7 @@ def _validate(q, k_pages, v_pages, page_table, kv_lens, hole_start):
         raise ValueError(f"{name} wants q [S, K, Q, E] and k/v pages [K, N, P, E]; got "
                          f"{q.shape} and {k_pages.shape}.")
     num_seqs, kv_heads, _, head_dim = q.shape
+    v_pages = k_pages if v_pages is None else v_pages
     if v_pages.shape != k_pages.shape:
         raise ValueError(f"{name}: k pages {k_pages.shape} and v pages {v_pages.shape} differ.")
     if k_pages.shape[0] != kv_heads or k_pages.shape[3] != head_dim:
@@ -316,26 +331,6 @@ def smem_capacity_bytes() -> int:
         return 2**20
 
 
-def _validate_tpu(page_size, num_seqs, max_pages, pages_per_block):
-    name = "ragged_paged_attention(impl='pallas_tpu')"
-    if page_size % bs.TPU_SUBLANES:
-        raise ValueError(f"{name}: page size P={page_size} must be a multiple of "
-                         f"{bs.TPU_SUBLANES}: each page is DMAed to a row offset of a VMEM "
-                         "buffer, which must fall on a whole (8, 128) tile.")
-    if pages_per_block > max_pages:
-        raise ValueError(f"{name}: pages_per_block={pages_per_block} exceeds the table's "
-                         f"M={max_pages} pages per sequence.")
-    # Four 1-D int32 arrays are prefetched into SMEM, each padded to 1024-word tiles; leave
-    # Mosaic a little for its own scalars.
-    words = lambda n: -(-n // 1024) * 1024  # noqa: E731
-    smem = 4 * (words(num_seqs * max_pages) + 3 * words(num_seqs))
-    if smem > smem_capacity_bytes() - 16 * 2**10:
-        raise ValueError(f"{name}: the page table (S={num_seqs} x M={max_pages} int32, "
-                         f"{smem / 2**10:.0f} KiB with the lengths) does not fit in SMEM "
-                         f"({smem_capacity_bytes() / 2**10:.0f} KiB); call it on fewer "
-                         "sequences at a time or use larger pages.")
-
-
 def ragged_paged_attention(q_SxKxQxE, k_pages_KxNxPxE, v_pages_KxNxPxE, page_table_SxM, kv_lens_S,
                            hole_start_S, *, impl="auto", interpret=False, pages_per_block=None):
     """Decode attention of one query token per sequence over a paged KV cache.
@@ -344,6 +339,7 @@ def ragged_paged_attention(q_SxKxQxE, k_pages_KxNxPxE, v_pages_KxNxPxE, page_tab
       q_SxKxQxE: queries, S sequences x K kv heads x Q query heads per kv head (GQA) x E, already
         scaled by 1/sqrt(E) (none is applied here).  float32 or bfloat16.
       k_pages_KxNxPxE, v_pages_KxNxPxE: the page pools, N pages of P tokens; same dtype as q.
+        ``v_pages_KxNxPxE=None``: the key pages are the values too (read once).
       page_table_SxM: int page ids of each sequence's positions, P per entry, in order.  The
         entries a sequence uses (the first ``ceil(kv_len / P)``) must be in [0, N); later ones are
         ignored (pallas_tpu never reads them, xla clips and masks them).
@@ -370,9 +366,11 @@ def ragged_paged_attention(q_SxKxQxE, k_pages_KxNxPxE, v_pages_KxNxPxE, page_tab
                          f"{pages_per_block!r}.")
     if impl == "pallas_tpu":
         if pages_per_block is None:
-            pages_per_block = bs.default_pages_per_block(page_size, max_pages, kv_heads, head_dim,
-                                                      q_SxKxQxE.dtype.itemsize)
-        _validate_tpu(page_size, num_seqs, max_pages, pages_per_block)
+            pages_per_block = bs.default_pages_per_block(
+                page_size, max_pages, kv_heads, head_dim, q_SxKxQxE.dtype.itemsize,
+                pools=1 if v_pages_KxNxPxE is None else 2)
+        bs.check_paged_tpu(page_size, num_seqs, max_pages, pages_per_block,
+                           smem_capacity_bytes())
     else:
         pages_per_block, interpret = None, False
     if num_seqs == 0:

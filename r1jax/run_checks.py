@@ -15,8 +15,6 @@ the field and the fix, in a ``RunCheckError``.
   ``batch`` logical axis maps to (``r1jax.sharding.DEFAULT_RULES``: ``data × fsdp``). Otherwise
   the batch is silently replicated and every device computes (and caches) all of it.
 * **FSDP.** ``hidden_size`` must divide over ``fsdp``, or every weight is replicated.
-* **Engine.** The paged rollout engine does not page an MLA model's latent cache: such a run
-  would stop at its first rollout (DeepSeek models decode with ``lockstep``).
 * **Template.** Chat markers a template writes (``<|im_start|>``) must be single tokens of the
   tokenizer; otherwise the model reads them as plain text it has never seen as a turn marker.
 """
@@ -170,12 +168,6 @@ def grpo_problems(cfg: Any, model_cfg: ModelConfig, sharding: Sharding,
         problems.append(f"grpo.router_replay replays a mixture of experts' routing, but the "
                         f"model ({model_cfg.model_type}) is dense and has none; set "
                         "grpo.router_replay=False")
-    if cfg.rollout.engine.kind == "paged" and model_cfg.is_mla:
-        # ``rollout.generate`` refuses it too, but only when the first rollout is sampled, past
-        # start-up; named here, the run stops before it compiles anything.
-        problems.append(f"rollout.engine.kind = 'paged' does not page Multi-head Latent "
-                        f"Attention's latent cache ({model_cfg.model_type}); set "
-                        "rollout.engine.kind=lockstep")
     _fsdp(problems, model_cfg, sharding)
     _template(problems, cfg.data.template, tokenizer)
     return problems
@@ -183,8 +175,8 @@ def grpo_problems(cfg: Any, model_cfg: ModelConfig, sharding: Sharding,
 
 def check_grpo(cfg: Any, model_cfg: ModelConfig, sharding: Sharding, tokenizer: Any = None) -> None:
     """A GRPO run (``r1jax.rl.run_config.RunConfig``): rollout and held-out budgets, rows over the
-    batch shards, router replay on a dense model, the paged engine on an MLA model, FSDP, the
-    template's chat markers. Raises ``RunCheckError``."""
+    batch shards, router replay on a dense model, FSDP, the template's chat markers. Raises
+    ``RunCheckError``."""
     _raise("grpo", grpo_problems(cfg, model_cfg, sharding, tokenizer))
 
 

@@ -133,6 +133,14 @@ class Sharding:
 
     mesh: Mesh
     rules: Rules = DEFAULT_RULES
+    # Inside a ``shard_map`` manual over every mesh axis (the paged rollout's loop): the mesh
+    # axes its rows are split over. Arrays are then local shards: ``constrain`` does nothing and
+    # a mixture of experts exchanges tokens over ``expert`` with explicit collectives.
+    manual_rows: tuple[str, ...] | None = None
+
+    def inside_shard_map(self, row_axes: Sequence[str]) -> Sharding:
+        """This sharding as seen inside a ``shard_map`` whose rows are split over ``row_axes``."""
+        return dataclasses.replace(self, manual_rows=tuple(row_axes))
 
     def spec(self, logical_axes: Sequence[str | None], shape: Sequence[int] | None = None):
         return logical_to_spec(logical_axes, self.rules, self.mesh, shape)
@@ -158,8 +166,9 @@ class Sharding:
 
 
 def constrain(x: jax.Array, logical_axes: Iterable[str | None], sharding: Sharding | None):
-    """``with_sharding_constraint`` by logical names; a no-op without a mesh."""
-    if sharding is None:
+    """``with_sharding_constraint`` by logical names; a no-op without a mesh, or inside a
+    ``shard_map`` (``Sharding.manual_rows``)."""
+    if sharding is None or sharding.manual_rows is not None:
         return x
     return jax.lax.with_sharding_constraint(x, sharding.named(tuple(logical_axes), x.shape))
 

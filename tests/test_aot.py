@@ -3,8 +3,8 @@
 Which programs a step runs, and the verdict's logic, are checked without compiling; the fit
 checks compile for a v5e 2×2 topology with libtpu (skipped without it): the tiny model fits, a 7B
 recipe does not, a budget past the model's positions is refused before anything compiles, and the
-expert-parallel recipes' programs compile (the DeepSeek one's rollout on the lockstep engine over
-the latent cache; the paged engine is refused for it).
+expert-parallel recipes' programs compile (the DeepSeek one's rollout on the paged engine over
+the latent cache).
 """
 import json
 import os
@@ -234,18 +234,15 @@ def test_verdict_needs_every_phase_compiled_and_within_the_chip():
 def test_deepseek_recipe_rollout_compiles_with_the_latent_cache(tmp_path):
     """``r1_zero.py:model=deepseek-v2-lite`` with its base swapped for the tiny-deepseek preset
     (MLA, 8 experts top-2, a shared expert) and its experts over an expert axis of 4: the
-    rollout compiles for the TPU with the lockstep engine over the latent cache, which the
-    recipe picks for an MLA model; the paged engine, which does not page the latent cache, is
-    refused before compiling. Only the rollout is compiled (CI has 2 cores; the update of an
-    expert-parallel model is compiled by the tiny-moe test above), so there is no verdict."""
+    rollout compiles for the TPU with the paged engine over the latent cache (the Pallas
+    attention kernel with one key/value head of latent entries). Only the rollout is compiled
+    (CI has 2 cores; the update of an expert-parallel model is compiled by the tiny-moe test
+    above), so there is no verdict."""
     pytest.importorskip("libtpu", reason="libtpu is not installed (pip install 'jax[tpu]')")
     spec = f"{R1_ZERO}:model=deepseek-v2-lite,expert=4,prompts=4,group=4,max_new_tokens=16"
     shrunk = {"model.preset": "tiny-deepseek", "model.checkpoint": "/nonexistent/deepseek",
               "data.max_prompt_tokens": 16, "eval.max_new_tokens": 16,
               "grpo.num_minibatches": 2}
-    paged = _config(spec, **shrunk, **{"rollout.engine.kind": "paged"})
-    with pytest.raises(aot.BudgetError, match="set rollout.engine.kind=lockstep"):
-        aot.compile_for_topology(paged, "v5e:2x2")
     out = tmp_path / "aot.json"
     done = _aot(spec, *[f"{k}={v}" for k, v in shrunk.items()],
                 extra=[f"--json={out}", "--programs=rollout"])

@@ -232,13 +232,6 @@ def test_greedy_rollout_equals_teacher_forced_argmax(tiny, unstack):
         np.testing.assert_array_equal(tokens[row], argmax[len(prompt) - 1:-1])
 
 
-def test_paged_engine_refuses_mla(tiny):
-    cfg, params, _ = tiny
-    with pytest.raises(ValueError, match="engine='paged' does not support Multi-head Latent"):
-        rollout.generate(params, cfg, [[1, 2]], rng=jax.random.key(0), max_new_tokens=4,
-                         engine="paged")
-
-
 @pytest.mark.parametrize("name, published", [("deepseek-v3", 671e9), ("deepseek-v2-lite", 15.7e9)])
 def test_presets_have_published_sizes(name, published):
     """Shapes only (``eval_shape``): 671,026,419,200 and 15,706,484,224 parameters."""

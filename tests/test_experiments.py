@@ -121,11 +121,11 @@ def test_moe_r1_zero_variants_load_with_their_base_and_expert_axis():
     assert _validate(load_experiment(os.path.join(
         EXPERIMENTS, "r1_zero.py:model=qwen3-30b-a3b"))).mesh.expert == 8
     assert real.rollout.engine.kind == "paged"
-    # MLA: the paged engine does not page the latent cache, so the recipe decodes in lockstep.
+    # MLA: the paged engine pages the latent cache.
     lite = _validate(load_experiment(os.path.join(EXPERIMENTS,
                                                   "r1_zero.py:model=deepseek-v2-lite")))
     assert lite.model.preset == "deepseek-v2-lite" and lite.mesh.expert == 8
-    assert lite.rollout.engine.kind == "lockstep" and lite.rollout.max_new_tokens == 31_744
+    assert lite.rollout.engine.kind == "paged" and lite.rollout.max_new_tokens == 31_744
 
 
 def test_r1_real_rl_stages_are_the_r1_zero_recipe_on_the_test_set():

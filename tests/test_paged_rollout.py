@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from r1jax import models, rollout
-from r1jax.rollout import paged
+from r1jax.rollout import paged, prompt_pages
 from r1jax.sharding import Sharding, make_mesh
 
 CFG = models.ModelConfig(vocab_size=48, hidden_size=64, intermediate_size=96, num_layers=2,
@@ -125,8 +125,8 @@ def test_prompt_pages_hold_the_prefill_cache_and_are_shared(params):
     prompt_PxL = jnp.asarray([[0, 0, 5, 17, 33], [7, 3, 12, 5, 8]])
     mask_PxL = jnp.asarray([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
     plan = paged.plan(2, 5, 3, 10, decode_slots=2, page_size=2)
-    _, cache, _ = paged._prefill(CFG, params, prompt_PxL, mask_PxL, chunk=2)
-    pools, table_PxM, pages_P, used = paged._pages_of_prompts(CFG, cache, mask_PxL.sum(1), plan)
+    _, cache, _ = prompt_pages.prefill(CFG, params, prompt_PxL, mask_PxL, chunk=2)
+    pools, table_PxM, pages_P, used = prompt_pages.pages_of_prompts(CFG, cache, mask_PxL.sum(1), plan)
     assert pages_P.tolist() == [2, 3] and int(used) == 5
     whole = models.forward(CFG, params, prompt_PxL, attention_mask_BxL=mask_PxL,
                            cache=models.init_cache(CFG, 2, 5)).cache

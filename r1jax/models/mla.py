@@ -279,6 +279,35 @@ def mla_attention_cached(cfg: MLAConfig, p: Params, x_BxLxD, rope, mask_BxLxS, c
     return _output(cfg, p, out_BxLxHxEv), (cache_latent, cache_k_pe)
 
 
+def absorbed_query(cfg: MLAConfig, p: Params, x_BxD, rope):
+    """One token per row as a single-head attention over its cache entries (the paged engine's
+    form): ``(q [B, H, R + Er], entry [B, R + Er])``.
+
+    ``q_h = s · [W_UK_hᵀ q_nope_h ; q_pe_h]`` (the softmax scale folded in) and ``entry =
+    [latent ; k_pe]``, so that ``q_h · entry_j`` is the score of head h for token j, and the
+    entries' first R columns weighted by the softmax are ``Σ p c`` (``absorbed_output``). Keys
+    and values are then the same vectors: the cache holds each once. ``rope``: tables of
+    ``[B]`` positions."""
+    rope = tuple(t[:, None] for t in rope)
+    q_nope_Bx1xHxEn, q_pe_Bx1xHxEr = mla_queries(cfg, p, x_BxD[:, None], rope)
+    latent_Bx1xR, k_pe_Bx1xEr = mla_latents(cfg, p, x_BxD[:, None], rope)
+    w_uk_RxHxEn = p["kv_b_kernel"][..., :cfg.qk_nope_head_dim].astype(cfg.activation_dtype)
+    q_latent_BxHxR = jnp.einsum("bhn,rhn->bhr", q_nope_Bx1xHxEn[:, 0], w_uk_RxHxEn)
+    q_BxHxC = jnp.concatenate([q_latent_BxHxR, q_pe_Bx1xHxEr[:, 0]], axis=-1)
+    entry_BxC = jnp.concatenate([latent_Bx1xR[:, 0], k_pe_Bx1xEr[:, 0]], axis=-1)
+    return q_BxHxC * cfg.softmax_scale, entry_BxC
+
+
+def absorbed_output(cfg: MLAConfig, p: Params, out_BxHxC):
+    """The layer's output ``[B, D]`` from the softmax-weighted sum of entries ``[B, H, R + Er]``
+    (``absorbed_query``): ``W_O · concat_h W_UV_h (Σ p c)_h``; the rope columns are dropped."""
+    dtype = cfg.activation_dtype
+    w_uv_RxHxEv = p["kv_b_kernel"][..., cfg.qk_nope_head_dim:].astype(dtype)
+    out_BxHxEv = jnp.einsum("bhr,rhv->bhv", out_BxHxC[..., :cfg.kv_lora_rank].astype(dtype),
+                            w_uv_RxHxEv)
+    return _output(cfg, p, out_BxHxEv[:, None])[:, 0]
+
+
 def mla_decode_token(cfg: MLAConfig, p: Params, x_BxD, rope, slot, valid_BxS, cache,
                      sharding: Sharding | None = None):
     """One new token per row (``[B, D]``) written at cache slot ``slot``, seeing the slots

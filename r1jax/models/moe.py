@@ -24,10 +24,13 @@ the parameters and calls it, and the one-token decode step calls it on the same 
   (every assignment to one device, ``A``× the gathered tokens), and a ragged all-to-all needs
   backend support XLA:CPU lacks. Its traffic is the gathered tokens, ``(ep - 1)·N_local·D`` per
   device each way, independent of ``A``. Gradients come from the same collectives transposed.
+  Code already inside a ``shard_map`` over the whole mesh (the paged rollout engine, whose
+  ``Sharding.manual_rows`` says so) holds its own experts and runs the same exchange directly.
 * Load-balancing statistics (``load_balance_stats``) come back with every output.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -186,24 +189,27 @@ def _expert_parallel(x_NxD, routing: Routing, gate, up, down, sharding: Sharding
     token_spec = sharding.spec(("batch", None), x_NxD.shape)
     row_axes = token_spec[0] if token_spec else None
     row_axes = () if row_axes is None else (row_axes,) if isinstance(row_axes, str) else row_axes
-    gathered = "expert" in row_axes
     rows = P(row_axes or None)
-
-    def local(x_NxD, indices_NxA, weights_NxA, gate, up, down):
-        offset = jax.lax.axis_index("expert") * gate.shape[0]
-        if gathered:
-            x_NxD, indices_NxA, weights_NxA = (
-                jax.lax.all_gather(a, "expert", tiled=True)
-                for a in (x_NxD, indices_NxA, weights_NxA))
-        y_NxD = expert_swiglu(x_NxD, indices_NxA, weights_NxA, gate, up, down, offset)
-        if gathered:
-            return jax.lax.psum_scatter(y_NxD, "expert", scatter_dimension=0, tiled=True)
-        return jax.lax.psum(y_NxD, "expert")
-
+    local = functools.partial(_on_expert_group, gathered="expert" in row_axes)
     experts = P("expert")
     fn = jax.shard_map(local, mesh=mesh, in_specs=(rows, rows, rows, experts, experts, experts),
                        out_specs=rows)
     return fn(x_NxD, routing.indices_NxA, routing.weights_NxA, gate, up, down)
+
+
+def _on_expert_group(x_NxD, indices_NxA, weights_NxA, gate, up, down, *, gathered: bool):
+    """One device's part of expert parallelism, inside a ``shard_map`` manual over ``expert``:
+    its own experts (a contiguous block of them) on its expert group's tokens — gathered from
+    the group when the rows are split over ``expert`` (``gathered``), the outputs then summed
+    and scattered back to the devices the tokens came from; else summed."""
+    offset = jax.lax.axis_index("expert") * gate.shape[0]
+    if gathered:
+        x_NxD, indices_NxA, weights_NxA = (
+            jax.lax.all_gather(a, "expert", tiled=True) for a in (x_NxD, indices_NxA, weights_NxA))
+    y_NxD = expert_swiglu(x_NxD, indices_NxA, weights_NxA, gate, up, down, offset)
+    if gathered:
+        return jax.lax.psum_scatter(y_NxD, "expert", scatter_dimension=0, tiled=True)
+    return jax.lax.psum(y_NxD, "expert")
 
 
 def moe_ffn(cfg: ModelConfig, p: dict[str, Any], x_NxD, *, valid_N=None,
@@ -222,7 +228,11 @@ def moe_ffn(cfg: ModelConfig, p: dict[str, Any], x_NxD, *, valid_N=None,
     routing = route(cfg, logits_NxX, p.get("score_bias"), expert_indices_NxA)
     experts = (p["gate_kernel"], p["up_kernel"], p["down_kernel"])
     if sharding is not None and sharding.mesh.shape.get("expert", 1) > 1:
-        y_NxD = _expert_parallel(x_NxD, routing, *experts, sharding)
+        if sharding.manual_rows is None:
+            y_NxD = _expert_parallel(x_NxD, routing, *experts, sharding)
+        else:  # already inside a shard_map (the paged rollout): the experts here are local
+            y_NxD = _on_expert_group(x_NxD, routing.indices_NxA, routing.weights_NxA, *experts,
+                                     gathered="expert" in sharding.manual_rows)
     else:
         y_NxD = expert_swiglu(x_NxD, routing.indices_NxA, routing.weights_NxA, *experts)
     if cfg.n_shared_experts:
@@ -245,14 +255,18 @@ class MoE(nn.Module):
         pdtype = cfg.weight_dtype
         init = nn.initializers.normal(stddev=0.02)
         D, X, F = cfg.hidden_size, cfg.n_routed_experts, cfg.moe_intermediate_size
+        # Inside a shard_map over the mesh (``Sharding.manual_rows``) a device holds its experts.
+        local = X
+        if self.sharding is not None and self.sharding.manual_rows is not None:
+            local = X // self.sharding.mesh.shape.get("expert", 1)
         p = {
             "router_kernel": param(self, "router_kernel", init, (D, X), ("embed", None), pdtype),
-            "gate_kernel": param(self, "gate_kernel", init, (X, D, F), ("exp", "embed", "mlp"),
-                                 pdtype),
-            "up_kernel": param(self, "up_kernel", init, (X, D, F), ("exp", "embed", "mlp"),
+            "gate_kernel": param(self, "gate_kernel", init, (local, D, F),
+                                 ("exp", "embed", "mlp"), pdtype),
+            "up_kernel": param(self, "up_kernel", init, (local, D, F), ("exp", "embed", "mlp"),
                                pdtype),
-            "down_kernel": param(self, "down_kernel", init, (X, F, D), ("exp", "mlp", "embed"),
-                                 pdtype),
+            "down_kernel": param(self, "down_kernel", init, (local, F, D),
+                                 ("exp", "mlp", "embed"), pdtype),
         }
         if cfg.score_correction_bias:
             p["score_bias"] = param(self, "score_bias", nn.initializers.zeros, (X,), (None,),

@@ -10,9 +10,8 @@ decides them:
 
 * ``rollout``: the program of the run's rollout engine (``rollout.engine``): the lockstep one
   (``r1jax.rollout.lockstep.compiled_rollout``: prefill, then the dense KV-cache decode) or the
-  paged one (``r1jax.rollout.paged.compiled_paged``: its pool sized by ``paged.plan``). The
-  paged engine does not page an MLA model's latent cache: a DeepSeek run decodes in lockstep
-  (the R1-Zero recipe picks it), and the start-up check refuses the paged one, here as there;
+  paged one (``r1jax.rollout.paged.compiled_paged``: its pool sized by ``paged.plan``; an MLA
+  model's pages hold its latent entries);
 * ``old_logprobs``: ``r1jax.rl.step.rollout_logprobs`` with the policy, once per rollout when the
   batch is reused (several minibatches or iterations) and ``grpo.old_logprobs="recompute"``;
 * ``ref_logprobs``: the same program with the reference, when β > 0 and the batch is reused

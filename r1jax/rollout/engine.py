@@ -153,11 +153,10 @@ def generate(
     dense cache; ``"paged"`` (``r1jax.rollout.paged``) decodes ``decode_slots`` rows at a time
     over a pool of ``kv_pages`` pages of ``page_size`` tokens, a waiting sample taking the slot of
     one that stopped (0: the defaults of ``paged.plan``). Both give the same tokens for the same
-    key up to float rounding. The paged engine does not page MLA's latent cache yet: DeepSeek-V3
-    models (``model_config.is_mla``) decode with ``"lockstep"``. ``sample_budgets`` caps each
-    row's new tokens (``[P·G]``, each ``1 … max_new_tokens``). ``record_experts`` (a mixture of
-    experts) also returns every token's expert choices (``Rollout.prompt_experts``/``experts``),
-    for router replay in training.
+    key up to float rounding; a DeepSeek model (MLA) pages its latent cache. ``sample_budgets``
+    caps each row's new tokens (``[P·G]``, each ``1 … max_new_tokens``). ``record_experts`` (a
+    mixture of experts) also returns every token's expert choices (``Rollout.prompt_experts``/
+    ``experts``), for router replay in training.
     """
     if group_size < 1:
         raise ValueError(f"group_size must be >= 1, got {group_size}")
@@ -193,9 +192,6 @@ def generate(
         mask_j = jax.device_put(mask_j, sharding.named(("batch", "length"), ids.shape))
         budgets_j = jax.device_put(budgets_j, sharding.named(("batch",), budgets.shape))
     if engine == "paged":
-        if model_config.is_mla:
-            raise ValueError("engine='paged' does not support Multi-head Latent Attention "
-                             f"({model_config.model_type}) yet; use engine='lockstep'")
         shards = batch_shards(sharding, ids.shape[0])
         pool = paged.plan(ids.shape[0], ids.shape[1], group_size, max_new_tokens,
                           decode_slots=decode_slots, page_size=page_size, kv_pages=kv_pages,

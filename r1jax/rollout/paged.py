@@ -5,10 +5,10 @@ row stops, and holds ``P·G·(prompt + max_new)`` cache slots, most of them padd
 
 * **Pages.** Keys and values live in a pool of ``kv_pages`` pages of ``page_size`` tokens per layer
   (``[K, N, P, E]``); each sequence has a row of the page table, and free pages sit on a stack.
-  Prompts are prefilled once (in chunks of ``prefill_chunk`` tokens) and written to pages that
-  all G samples of the prompt share: a sample's page-table row starts with its prompt's pages, and
-  its own tokens start on a fresh page, so nothing is ever copied (the rest of the prompt's last
-  page is a hole that attention skips).
+  Prompts are prefilled once (in chunks of ``prefill_chunk`` tokens; ``prompt_pages``) and
+  written to pages that all G samples of the prompt share: a sample's page-table row starts with
+  its prompt's pages, and its own tokens start on a fresh page, so nothing is ever copied (the
+  rest of the prompt's last page is a hole that attention skips).
 * **Slots.** ``decode_slots`` sequences decode at once. Every step, free slots take the waiting
   samples in id order; a slot whose sample stops returns its pages to the pool at once. Each step
   takes a page from the pool for every slot that starts a page; when the pool runs dry those slots
@@ -26,6 +26,15 @@ row stops, and holds ``P·G·(prompt + max_new)`` cache slots, most of them padd
 * **Same results.** Sample ``b``'s token ``t`` uses the uniform ``u[t, b]`` of the call's one
   ``[T, B]`` draw, exactly as the lockstep engine does, so the tokens do not depend on the slot
   count or on when a sample ran; only the float rounding of the logits differs.
+* **Multi-head Latent Attention.** A DeepSeek model's pages (and slot rows) hold one entry per
+  token, its latent and rope key (``R + Er`` values: 576 for DeepSeek-V3, against 40,960 for
+  full keys and values), which serves as both key and value of a single-head attention with the
+  up-projections absorbed (``mla.absorbed_query``): the same kernel, K = 1 and Q = H.
+* **Expert parallelism.** Each batch shard decodes in a ``shard_map`` of its own. With an
+  ``expert`` mesh axis a device holds only its experts' weights there (``shards.
+  expert_param_specs``; everything else whole), the loops of an expert group step together (their
+  loop conditions are reduced over ``expert``), and every MoE layer exchanges the group's tokens
+  with explicit collectives (``Sharding.manual_rows``; ``moe._on_expert_group``).
 * **Router replay.** With ``record_experts`` (a mixture of experts) the loop also writes the
   experts each MoE layer chose for the token a slot fed back to the sample's row
   (``router_replay``); a restarted sample rewrites its own.
@@ -40,60 +49,15 @@ import jax
 import jax.numpy as jnp
 
 from kernels.paged_attention import ragged_paged_attention, resolve_impl
-from r1jax import models
-from r1jax.models import ModelConfig, decode
+from r1jax.models import ModelConfig, decode, mla
 from r1jax.models.layers import rope_tables
-from r1jax.rollout import router_replay, slot_cache
+from r1jax.rollout import prompt_pages, router_replay, slot_cache
 from r1jax.rollout import paged_plan
 from r1jax.rollout.paged_plan import PagedPlan, ceil_div
 from r1jax.rollout.sampling import SamplingParams, sample_with_uniform
-from r1jax.rollout.shards import on_each_shard, step_uniforms
+from r1jax.rollout.shards import expert_param_specs, on_each_shard, row_axes, step_uniforms
 from r1jax.rollout.stops import StopCriteria
 from r1jax.sharding import Sharding
-
-
-def _prefill(cfg, params, prompt_PxLp, mask_PxLp, chunk: int, record_experts: bool = False):
-    """The prompts' last logits ``[P, V]``, dense cache and (``record_experts``) expert choices
-    ``[P, Lp, Y, A]``, else None, prefilled ``chunk`` tokens at a time (attention scores
-    ``[P, chunk, Lp]`` instead of ``[P, Lp, Lp]``)."""
-    num_prompts, prompt_len = prompt_PxLp.shape
-    cache = models.init_cache(cfg, num_prompts, prompt_len)
-    experts = []
-    for start in range(0, prompt_len, chunk):
-        out = models.forward(cfg, params, prompt_PxLp[:, start:start + chunk],
-                             attention_mask_BxL=mask_PxLp[:, start:start + chunk], cache=cache)
-        cache = out.cache
-        if record_experts:
-            experts.append(router_replay.tokens_first(cfg, out.moe_stats.expert_indices))
-    logits_PxV = jnp.dot(out.hidden_BxLxD[:, -1], out.lm_head_DxV,
-                         preferred_element_type=jnp.float32)
-    return logits_PxV, cache, jnp.concatenate(experts, axis=1) if experts else None
-
-
-def _pages_of_prompts(cfg, cache, prompt_len_P, plan: PagedPlan, pages: int | None = None):
-    """The pools (of ``pages`` pages, default the plan's) with every prompt's real tokens written
-    to its pages (prompt p's pages follow prompt p-1's), each prompt's page-table row, and how
-    many pages the prompts use."""
-    size, pages = plan.page_size, pages or plan.kv_pages
-    num_prompts, width = cache.valid_BxS.shape
-    pages_P = -(-prompt_len_P // size)
-    first_P = jnp.cumsum(pages_P) - pages_P
-    # Left padding: the prompt's j-th real token sits in column width - length + j.
-    j_PxL = jnp.arange(width)[None, :] - (width - prompt_len_P)[:, None]
-    real_PxL = j_PxL >= 0
-    page_PxL = jnp.where(real_PxL, first_P[:, None] + j_PxL // size, pages)  # pages: dropped
-    offset_PxL = jnp.where(real_PxL, j_PxL % size, 0)
-    shape = (cfg.num_kv_heads, pages, size, cfg.head_dim)
-
-    def to_pool(dense_PxKxLxE):
-        pool = jnp.zeros(shape, dense_PxKxLxE.dtype)
-        return pool.at[:, page_PxL, offset_PxL, :].set(dense_PxKxLxE.transpose(1, 0, 2, 3),
-                                                       mode="drop")
-
-    pools = tuple((to_pool(k), to_pool(v)) for k, v in zip(cache.keys, cache.values))
-    i_M = jnp.arange(plan.table_width)
-    table_PxM = jnp.where(i_M[None, :] < pages_P[:, None], first_P[:, None] + i_M[None, :], 0)
-    return pools, table_PxM, pages_P, jnp.sum(pages_P)
 
 
 _BIG = ("pools", "tokens_BxT", "logprobs_BxT", "experts_BxTxYxA")
@@ -119,6 +83,19 @@ def _skip_unless(pred, update, s):
     return {**s, **small}
 
 
+def _latent_attention(cfg: ModelConfig, attend, rope):
+    """An MLA layer's attention for ``decode_step_with`` over the paged engine's ``attend``: the
+    absorbed query and the token's entry as one key/value head (``mla.absorbed_query``)."""
+    mla_cfg = mla.mla_config_of(cfg)
+
+    def attention(h_SxD, p, cache):
+        q_SxHxC, entry_SxC = mla.absorbed_query(mla_cfg, p, h_SxD, rope)
+        out_Sx1xHxC, cache = attend(q_SxHxC[:, None], entry_SxC[:, None], None, cache)
+        return mla.absorbed_output(mla_cfg, p, out_Sx1xHxC[:, 0]), cache
+
+    return attention
+
+
 @functools.lru_cache(maxsize=32)
 def compiled_paged(cfg: ModelConfig, sampling: SamplingParams, stops: StopCriteria,
                    group_size: int, max_new_tokens: int, pad_id: int, plan: PagedPlan,
@@ -132,18 +109,26 @@ def compiled_paged(cfg: ModelConfig, sampling: SamplingParams, stops: StopCriter
     rows = plan.slot_rows
     widths = _segment_widths(plan, attention_impl)
 
-    def run(params, prompt_PxLp, mask_PxLp, u_TxB, budgets_B):
+    def run(params, prompt_PxLp, mask_PxLp, u_TxB, budgets_B, inner: Sharding | None = None):
+        """One shard's rollout; ``inner``: the mesh seen from inside the ``shard_map`` when the
+        experts are split over it (each device then holds its own experts and the loops of an
+        expert group step together: every MoE layer exchanges their tokens)."""
         num_prompts, prompt_len = prompt_PxLp.shape
         batch = num_prompts * group_size
-        logits_PxV, cache, prompt_experts_PxLpxYxA = _prefill(
-            cfg, params, prompt_PxLp, mask_PxLp, plan.prefill_chunk, record_experts)
+        if inner is None:
+            group_any, group_all = (lambda x: x), (lambda x: x)
+        else:
+            group_any = lambda x: jax.lax.pmax(x.astype(jnp.int32), "expert") > 0  # noqa: E731
+            group_all = lambda x: jax.lax.pmin(x.astype(jnp.int32), "expert") > 0  # noqa: E731
+        logits_PxV, cache, prompt_experts_PxLpxYxA = prompt_pages.prefill(
+            cfg, params, prompt_PxLp, mask_PxLp, plan.prefill_chunk, record_experts, inner)
         prompt_len_P = jnp.sum(mask_PxLp, axis=1, dtype=jnp.int32)
-        pools, prompt_table_PxM, prompt_pages_P, used = _pages_of_prompts(
+        pools, prompt_table_PxM, prompt_pages_P, used = prompt_pages.pages_of_prompts(
             cfg, cache, prompt_len_P, plan, plan.kv_pages - slots * plan.generated_pages if rows
             else None)
         if rows:  # grown to each segment's width below
-            pools = tuple(((slot_cache.transpose_key_pages(k), v), own) for (k, v), own
-                          in zip(pools, slot_cache.init_slot_rows(cfg, slots, 0)))
+            pools = tuple(((None if k is None else slot_cache.transpose_key_pages(k), v), own)
+                          for (k, v), own in zip(pools, slot_cache.init_slot_rows(cfg, slots, 0)))
 
         def draw(step_S, b_S, logits_SxV):
             if u_TxB is None:
@@ -257,26 +242,35 @@ def compiled_paged(cfg: ModelConfig, sampling: SamplingParams, stops: StopCriter
             def attend_rows(q_SxKxQxE, k_SxKxE, v_SxKxE, cache):
                 prompt_pool, (keys, values) = cache
                 keys, values = slot_cache.write_slot_rows(
-                    keys, values, k_SxKxE, v_SxKxE, jnp.where(advance_S, fed_S, keys.shape[3]))
+                    keys, values, k_SxKxE, v_SxKxE, jnp.where(advance_S, fed_S, values.shape[2]))
                 out = slot_cache.prefix_slot_attention(
                     q_SxKxQxE, *prompt_pool, table_SxM[:, :plan.prompt_pages], hole_S, keys,
                     values, jnp.where(advance_S, fed_S, -1))
                 return out, (prompt_pool, (keys, values))
 
             def attend(q_SxKxQxE, k_SxKxE, v_SxKxE, pool):
+                """(v None: the pools' keys are their values, as for MLA.)"""
                 k_pool, v_pool = pool
-                k_pool = k_pool.at[:, write_S, offset_S, :].set(
-                    k_SxKxE.transpose(1, 0, 2).astype(k_pool.dtype), mode="drop")
-                v_pool = v_pool.at[:, write_S, offset_S, :].set(
-                    v_SxKxE.transpose(1, 0, 2).astype(v_pool.dtype), mode="drop")
-                out = ragged_paged_attention(q_SxKxQxE, k_pool, v_pool, table_SxM[:, :width],
-                                             kv_lens_S,
-                                             hole_S, impl=attention_impl)
+
+                def write(pool, x_SxKxE):
+                    return pool.at[:, write_S, offset_S, :].set(
+                        x_SxKxE.transpose(1, 0, 2).astype(pool.dtype), mode="drop")
+
+                if v_SxKxE is None:
+                    v_pool = write(v_pool, k_SxKxE)
+                else:
+                    k_pool, v_pool = write(k_pool, k_SxKxE), write(v_pool, v_SxKxE)
+                keys, values = (v_pool, None) if k_pool is None else (k_pool, v_pool)
+                out = ragged_paged_attention(q_SxKxQxE, keys, values, table_SxM[:, :width],
+                                             kv_lens_S, hole_S, impl=attention_impl)
                 return out, (k_pool, v_pool)
 
+            attention = attend_rows if rows else attend
+            if cfg.is_mla:
+                attention = _latent_attention(cfg, attention, rope)
             token_S = s["tokens_BxT"][b0_S, fed_S]
             logits_SxV, pools, experts_SxYxA = decode.decode_step_with(
-                cfg, weights, token_S, rope, attend_rows if rows else attend, s["pools"])
+                cfg, weights, token_S, rope, attention, s["pools"], inner)
             new_S, logprob_S = draw(jnp.minimum(t_S, T - 1), b0_S, logits_SxV)
             recent_SxM = jnp.where(advance_S[:, None], jnp.concatenate(
                 [s["recent_SxM"][:, 1:], new_S[:, None]], axis=1), s["recent_SxM"])
@@ -331,8 +325,9 @@ def compiled_paged(cfg: ModelConfig, sampling: SamplingParams, stops: StopCriter
                     positions = (width - plan.prompt_pages) * size
                     s["pools"] = tuple((pool, slot_cache.grow_slot_rows(*own, positions))
                                        for pool, own in s["pools"])
-                s = jax.lax.while_loop(lambda s, w=width: running(s) & fits(s, w),
-                                       functools.partial(step, width=width), s)
+                s = jax.lax.while_loop(
+                    lambda s, w=width: group_any(running(s)) & group_all(fits(s, w)),
+                    functools.partial(step, width=width), s)
         mask_BxT = jnp.arange(T)[None, :] < s["lengths_B"][:, None]
         # A preempted sample's abandoned tail is padding again.
         tokens_BxT = jnp.where(mask_BxT, s["tokens_BxT"], pad_id)
@@ -348,11 +343,17 @@ def compiled_paged(cfg: ModelConfig, sampling: SamplingParams, stops: StopCriter
         return run(params, prompt_PxLp, mask_PxLp, u_TxB, budgets_B)
 
     def run_sharded(params, prompt_PxLp, mask_PxLp, budgets_B, rng):
-        """Each batch shard schedules its own slots over its own pool."""
+        """Each batch shard schedules its own slots over its own pool; with an ``expert`` axis
+        each device holds only its own experts' weights (``shards.expert_param_specs``)."""
         u_TxB = step_uniforms(rng, sampling, T, prompt_PxLp.shape[0] * group_size)
         rows_out = 7 if record_experts else 5
-        out = on_each_shard(run, sharding, params, prompt_PxLp, mask_PxLp, budgets_B, u_TxB,
-                            max_new_tokens=T, row_outputs=rows_out, scalar_outputs=4)
+        param_specs = expert_param_specs(cfg, sharding, params)
+        inner = None
+        if param_specs is not None:
+            inner = sharding.inside_shard_map(row_axes(sharding, prompt_PxLp.shape[0]))
+        out = on_each_shard(functools.partial(run, inner=inner), sharding, params, prompt_PxLp,
+                            mask_PxLp, budgets_B, u_TxB, max_new_tokens=T, row_outputs=rows_out,
+                            scalar_outputs=4, param_specs=param_specs)
         steps, slot_steps, peak, preemptions = out[rows_out:]
         return out[:rows_out] + (jnp.max(steps), jnp.sum(slot_steps), jnp.sum(peak),
                                  jnp.sum(preemptions))

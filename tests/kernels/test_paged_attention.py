@@ -197,6 +197,27 @@ def test_unused_table_entries_do_not_change_the_output(impl):
     np.testing.assert_array_equal(outs[0], outs[2])
 
 
+# Multi-head Latent Attention: one kv head of 576-wide entries (latent 512 + rope key 64) that
+# are keys and values both, read by all of a layer's query heads.
+LATENT = Case("latent", kv_lens=(0, 1, 16, 29, 48, 33), hole_start=(None, None, 16, 11, 21, 5),
+              kv_heads=1, num_queries=16, head_dim=576)
+
+
+@pytest.mark.parametrize("impl", list(IMPLS))
+def test_keys_as_values_match_the_oracle(impl):
+    """``v_pages=None``: the key pages are the values (each page read once)."""
+    q, k_pages, _, table, kv_lens, holes = make_inputs(LATENT, seed=4)
+    out = ragged_paged_attention(q, k_pages, None, table, kv_lens, holes, **IMPLS[impl])
+    assert_matches_oracle(LATENT, out, (q, k_pages, k_pages, table, kv_lens, holes))
+
+
+def test_keys_as_values_in_tpu_interpret_mode(tpu_interpret):
+    q, k_pages, _, table, kv_lens, holes = make_inputs(LATENT, seed=5, garbage="out_of_range")
+    out = ragged_paged_attention(q, k_pages, None, table, kv_lens, holes, impl="pallas_tpu",
+                                 interpret=tpu_interpret.params, pages_per_block=2)
+    assert_matches_oracle(LATENT, out, (q, k_pages, k_pages, table, kv_lens, holes))
+
+
 def test_shared_pages_give_each_sample_its_own_attention():
     """Sharing couples nothing: a sample attends the same next to the samples that share its
     prompt pages as alone, and samples with one query but different lengths differ."""
@@ -301,3 +322,33 @@ def test_pallas_tpu_compiles_for_tpu_without_copying_the_pools(tpu_device_mesh, 
     # No relayout copy of a pool (each is 32-64 MiB here): the kernel reads them in place.
     pool_bytes = kv_heads * num_pages * page_size * head_dim * jnp.dtype(dtype).itemsize
     assert compiled.memory_analysis().temp_size_in_bytes < pool_bytes / 16
+
+
+def test_pallas_tpu_keys_as_values_compiles_for_tpu_reading_one_pool(tpu_device_mesh):
+    """DeepSeek-V3's decode attention: 64 slots, one kv head of 576-wide latent entries for 16
+    query heads (128 over 8 tensor shards), 16-token pages, 256 pages per sequence (4k): one
+    pool, one DMA per page, and XLA's cost model sees half the bytes of a two-pool call.
+    (Passed as an argument, a 576-wide pool of some shapes is laid out again, padded to 640
+    lanes, and copied: the module docstring's caveat; the paged engine's pools are made inside
+    its program, laid out that way from the start.)"""
+    num_seqs, num_queries, width, page_size, max_pages, num_pages = 64, 16, 576, 16, 256, 4096
+    replicated = jax.sharding.NamedSharding(tpu_device_mesh, jax.sharding.PartitionSpec())
+
+    def arg(shape, dt):
+        return jax.ShapeDtypeStruct(shape, dt, sharding=replicated)
+
+    q = arg((num_seqs, 1, num_queries, width), "bfloat16")
+    pool = arg((1, num_pages, page_size, width), "bfloat16")
+    meta = (arg((num_seqs, max_pages), jnp.int32), arg((num_seqs,), jnp.int32),
+            arg((num_seqs,), jnp.int32))
+    one = jax.jit(lambda q, k, *m: ragged_paged_attention(q, k, None, *m, impl="pallas_tpu"))
+    two = jax.jit(lambda *a: ragged_paged_attention(*a, impl="pallas_tpu"))
+    shared = one.lower(q, pool, *meta).compile()
+    separate = two.lower(q, pool, pool, *meta).compile()
+    assert "ragged_paged_attention" in shared.as_text()
+    pool_bytes = num_pages * page_size * width * 2
+    assert shared.memory_analysis().temp_size_in_bytes < pool_bytes / 16
+    assert shared.memory_analysis().argument_size_in_bytes < \
+        separate.memory_analysis().argument_size_in_bytes - pool_bytes / 2
+    bytes_of = lambda c: c.cost_analysis()["bytes accessed"]  # noqa: E731
+    assert bytes_of(shared) < 0.6 * bytes_of(separate)
